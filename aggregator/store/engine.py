@@ -1,0 +1,89 @@
+"""Engine setup (SQLite pragmas, PostgreSQL pool checks) and schema migrations through Alembic.
+
+Only this package talks to the database; callers get an Engine and a sessionmaker and own the
+transactions (``with sessionmaker.begin() as s``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from aggregator.errors import StoreError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; for SQLite files, create the folder and turn on WAL and foreign keys."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StoreError(f"store: invalid database URL {url!r}: {e}") from e
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            try:
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"store: cannot create the folder for {database}: {e}") from e
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    try:
+        engine = create_engine(url, **kwargs)
+    except (ArgumentError, ImportError, SQLAlchemyError) as e:
+        raise StoreError(f"store: cannot use database {parsed.render_as_string()}: {e}") from e
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (creating it on an empty database)."""
+    config = _alembic_config()
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except SQLAlchemyError as e:
+        raise StoreError(f"store: migration failed on {engine.url.render_as_string()}: {e}") from e
+
+
+def schema_revision(engine: Engine) -> tuple[str | None, str | None]:
+    """(current revision of the database, newest revision this code knows)."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as e:
+        raise StoreError(f"store: cannot open database {engine.url.render_as_string()}: {e}") from e
+    return current, head

@@ -1,0 +1,458 @@
+"""Repository functions: every read and write the pipeline, worker, web server and CLI make.
+
+Each takes an open Session and never commits: the caller owns the transaction. Identity is decided by
+the database (unique constraints + insert-on-conflict), so re-polls, retries and races are idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from aggregator.model import (
+    Enclosure,
+    FeedMeta,
+    FetchState,
+    Item,
+    PollOutcome,
+    Source,
+    SourceHealth,
+    StoredItem,
+)
+from aggregator.store.tables import ArticleRow, ItemRow, SourceRow, TopicItemRow, TopicRow
+
+
+def _insert(s: Session, table: Any) -> Any:
+    """The dialect's INSERT, which offers ``on_conflict_do_nothing``."""
+    name = s.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"store: unsupported database dialect {name}")
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+def sync_sources(s: Session, sources: Sequence[Source], now: datetime) -> None:
+    """Make the sources table agree with the configuration; new sources are due at once."""
+    rows = {row.name: row for row in s.scalars(select(SourceRow))}
+    for source in sources:
+        row = rows.pop(source.name, None)
+        if row is None:
+            s.add(
+                SourceRow(
+                    name=source.name,
+                    url=source.url,
+                    enabled=source.enabled,
+                    in_config=True,
+                    error_count=0,
+                    last_new=0,
+                    next_due_at=now,
+                    created_at=now,
+                )
+            )
+            continue
+        if row.url != source.url:  # the operator changed the URL: start afresh
+            row.url, row.effective_url, row.etag, row.last_modified = source.url, None, None, None
+            row.next_due_at = now
+        if not row.enabled and source.enabled:
+            row.next_due_at = now
+        row.enabled, row.in_config = source.enabled, True
+    for row in rows.values():
+        row.in_config = False
+
+
+def claim_due_sources(s: Session, now: datetime, *, lease: timedelta, limit: int = 100) -> list[str]:
+    """Names of enabled sources due by ``now``; their next due time moves ``lease`` ahead so that a
+    second claim does not take them while they are being polled."""
+    query = (
+        select(SourceRow)
+        .where(SourceRow.enabled, SourceRow.in_config, SourceRow.next_due_at <= now)
+        .order_by(SourceRow.next_due_at)
+        .limit(limit)
+    )
+    if s.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = list(s.scalars(query))
+    for row in rows:
+        row.next_due_at = now + lease
+    return [row.name for row in rows]
+
+
+def fetch_state(s: Session, name: str) -> FetchState | None:
+    row = s.scalar(select(SourceRow).where(SourceRow.name == name))
+    if row is None:
+        return None
+    return FetchState(url=row.effective_url or row.url, etag=row.etag, last_modified=row.last_modified)
+
+
+def record_poll(
+    s: Session,
+    outcome: PollOutcome,
+    *,
+    now: datetime,
+    state: FetchState | None = None,
+    meta: FeedMeta | None = None,
+) -> None:
+    """Write what one poll learned onto its source row: status, validators, errors, next due time."""
+    row = s.scalar(select(SourceRow).where(SourceRow.name == outcome.source))
+    if row is None:
+        return
+    row.last_fetch_at = now
+    row.last_http_status = outcome.http_status
+    row.last_status = outcome.status
+    row.next_due_at = outcome.next_due
+    if outcome.ok:
+        row.error_count, row.last_error = 0, None
+        row.last_new = outcome.new
+        row.last_problem = outcome.problem
+    else:
+        row.error_count += 1
+        row.last_error = outcome.error
+    if state is not None:
+        row.effective_url = state.url if state.url != row.url else None
+        row.etag, row.last_modified = state.etag, state.last_modified
+    if meta is not None:
+        row.title = meta.title or row.title
+        row.link = meta.link or row.link
+
+
+def source_health(s: Session) -> list[SourceHealth]:
+    counts = dict(s.execute(select(ItemRow.source_id, func.count()).group_by(ItemRow.source_id)).all())
+    result = []
+    for row in s.scalars(select(SourceRow).where(SourceRow.in_config).order_by(SourceRow.name)):
+        if row.last_status is None:
+            status = "new"
+        elif row.last_status == "error":
+            status = "error"
+        else:
+            status = "ok"
+        result.append(
+            SourceHealth(
+                name=row.name,
+                url=row.url,
+                effective_url=row.effective_url,
+                enabled=row.enabled,
+                status=status if row.enabled else "disabled",
+                last_fetch=row.last_fetch_at,
+                last_http_status=row.last_http_status,
+                error_count=row.error_count,
+                last_error=row.last_error,
+                items=counts.get(row.id, 0),
+                last_new=row.last_new,
+                next_due=row.next_due_at,
+            )
+        )
+    return result
+
+
+# --- items ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class SaveResult:
+    """Ids of the rows a batch of items created and changed; the rest were already stored as is."""
+
+    new: list[int] = field(default_factory=list)
+    updated: list[int] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def save_items(s: Session, source: str, items: Sequence[Item], now: datetime) -> SaveResult:
+    """Insert new items, update changed ones in place, leave the others alone."""
+    source_id = s.scalar(select(SourceRow.id).where(SourceRow.name == source))
+    if source_id is None:
+        raise LookupError(f"store: unknown source {source!r}")
+    result = SaveResult()
+    unique: dict[str, Item] = {}
+    for item in items:  # the same identity twice in one document: the first one wins
+        unique.setdefault(item.key, item)
+    existing = {
+        row.key: row
+        for row in s.scalars(
+            select(ItemRow).where(ItemRow.source_id == source_id, ItemRow.key.in_(list(unique)))
+        )
+    }
+    for key, item in unique.items():
+        row = existing.get(key)
+        if row is None:
+            new_id = _insert_item(s, source_id, item, now)
+            if new_id is not None:
+                result.new.append(new_id)
+            else:
+                result.unchanged += 1  # another writer stored it first
+        elif row.content_hash != item.content_hash:
+            _update_item(s, row, item, now)
+            result.updated.append(row.id)
+        else:
+            result.unchanged += 1
+    return result
+
+
+def _article_id(s: Session, url: str | None, now: datetime) -> int | None:
+    if not url:
+        return None
+    s.execute(_insert(s, ArticleRow).values(url=url, created_at=now).on_conflict_do_nothing())
+    return s.scalar(select(ArticleRow.id).where(ArticleRow.url == url))
+
+
+def _item_values(item: Item) -> dict[str, Any]:
+    return {
+        "url": item.url,
+        "link": item.link,
+        "title": item.title,
+        "html": item.html,
+        "text": item.text,
+        "updated": item.updated,
+        "language": item.language,
+        "authors": list(item.authors),
+        "categories": list(item.categories),
+        "enclosures": [{"url": e.url, "type": e.type, "length": e.length} for e in item.enclosures],
+        "image": item.image,
+        "content_hash": item.content_hash,
+    }
+
+
+def _insert_item(s: Session, source_id: int, item: Item, now: datetime) -> int | None:
+    statement = (
+        _insert(s, ItemRow)
+        .values(
+            uid=item.uid,
+            source_id=source_id,
+            key=item.key,
+            published=item.published,
+            dated=item.dated,
+            article_id=_article_id(s, item.url, now),
+            first_seen=now,
+            changed_at=now,
+            update_count=0,
+            **_item_values(item),
+        )
+        .on_conflict_do_nothing()
+        .returning(ItemRow.id)
+    )
+    new_id: int | None = s.scalar(statement)
+    return new_id
+
+
+def _update_item(s: Session, row: ItemRow, item: Item, now: datetime) -> None:
+    values = _item_values(item)
+    values["updated"] = item.updated or now
+    if item.dated:  # an undated entry keeps the first-seen time it was given
+        row.published, row.dated = item.published, True
+    if item.url != row.url:
+        row.article_id = _article_id(s, item.url, now)
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.changed_at = now
+    row.update_count += 1
+
+
+def _stored_query() -> Select[ItemRow, str, str | None, str | None]:
+    return select(ItemRow, SourceRow.name, SourceRow.title, SourceRow.link).join(
+        SourceRow, ItemRow.source_id == SourceRow.id
+    )
+
+
+def _to_stored(row: ItemRow, source: str, title: str | None, link: str | None) -> StoredItem:
+    item = Item(
+        source=source,
+        key=row.key,
+        uid=row.uid,
+        title=row.title,
+        html=row.html,
+        text=row.text,
+        published=row.published,
+        content_hash=row.content_hash,
+        url=row.url,
+        link=row.link,
+        updated=row.updated,
+        dated=row.dated,
+        language=row.language,
+        authors=tuple(row.authors or ()),
+        categories=tuple(row.categories or ()),
+        enclosures=tuple(
+            Enclosure(url=e["url"], type=e.get("type"), length=e.get("length")) for e in row.enclosures or ()
+        ),
+        image=row.image,
+    )
+    return StoredItem(
+        id=row.id,
+        item=item,
+        first_seen=row.first_seen,
+        source_title=title,
+        source_link=link,
+        article_id=row.article_id,
+        story_id=row.story_id,
+    )
+
+
+def stored_items(s: Session, ids: Iterable[int] | None = None, *, batch: int = 500) -> Iterator[StoredItem]:
+    """Stored items by id (all of them when ``ids`` is None), oldest id first, read in batches."""
+    if ids is not None:
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), batch):
+            chunk = wanted[start : start + batch]
+            query = _stored_query().where(ItemRow.id.in_(chunk)).order_by(ItemRow.id)
+            for row in s.execute(query):
+                yield _to_stored(*row)
+        return
+    last = 0
+    while True:
+        query = _stored_query().where(ItemRow.id > last).order_by(ItemRow.id).limit(batch)
+        rows = s.execute(query).all()
+        if not rows:
+            return
+        for row in rows:
+            yield _to_stored(*row)
+        last = rows[-1][0].id
+
+
+# --- topics --------------------------------------------------------------------------------------
+
+
+def sync_topics(s: Session, definitions: dict[str, str]) -> list[str]:
+    """Record the configured topics (name -> definition hash). Returns the names whose memberships must
+    be (re)computed from the stored items: new topics and changed definitions. Removed topics are
+    dropped with their memberships."""
+    rows = {row.name: row for row in s.scalars(select(TopicRow))}
+    stale = []
+    for name, definition in definitions.items():
+        row = rows.pop(name, None)
+        if row is None:
+            s.add(TopicRow(name=name, definition=definition))
+            stale.append(name)
+        elif row.definition != definition:
+            s.execute(delete(TopicItemRow).where(TopicItemRow.topic == name))
+            row.definition = definition
+            stale.append(name)
+    for row in rows.values():
+        s.execute(delete(TopicItemRow).where(TopicItemRow.topic == row.name))
+        s.delete(row)
+    s.flush()
+    return stale
+
+
+def add_topic_items(s: Session, topic: str, item_ids: Sequence[int], now: datetime) -> int:
+    """Add items to a topic (already-present ones are kept); returns how many were new members."""
+    if not item_ids:
+        return 0
+    present = set(
+        s.scalars(
+            select(TopicItemRow.item_id).where(
+                TopicItemRow.topic == topic, TopicItemRow.item_id.in_(list(item_ids))
+            )
+        )
+    )
+    added = [i for i in dict.fromkeys(item_ids) if i not in present]
+    for item_id in added:
+        s.execute(
+            _insert(s, TopicItemRow)
+            .values(topic=topic, item_id=item_id, added_at=now)
+            .on_conflict_do_nothing()
+        )
+    if added:
+        s.execute(update(TopicRow).where(TopicRow.name == topic).values(last_match_at=now))
+    return len(added)
+
+
+def remove_topic_items(s: Session, topic: str, item_ids: Sequence[int]) -> None:
+    """Drop memberships that no longer hold (an item changed and stopped matching)."""
+    if item_ids:
+        s.execute(
+            delete(TopicItemRow).where(TopicItemRow.topic == topic, TopicItemRow.item_id.in_(list(item_ids)))
+        )
+
+
+def topic_items(s: Session, topic: str, *, limit: int, collapse: bool = False) -> list[StoredItem]:
+    """A topic's items, newest first; with ``collapse``, one item per article (its first sighting)."""
+    members = select(TopicItemRow.item_id).where(TopicItemRow.topic == topic)
+    query = _stored_query().where(ItemRow.id.in_(members))
+    if collapse:
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=func.coalesce(ItemRow.article_id, -ItemRow.id),
+                order_by=(ItemRow.first_seen, ItemRow.id),
+            )
+            .label("rank")
+        )
+        firsts = select(ItemRow.id, rank).where(ItemRow.id.in_(members)).subquery()
+        query = query.where(ItemRow.id.in_(select(firsts.c.id).where(firsts.c.rank == 1)))
+    query = query.order_by(ItemRow.published.desc(), ItemRow.id.desc()).limit(limit)
+    return [_to_stored(*row) for row in s.execute(query)]
+
+
+@dataclass(frozen=True)
+class TopicStats:
+    """How many items a topic holds and when its content last changed (for ETag and Last-Modified)."""
+
+    count: int
+    last_change: datetime | None
+    last_match: datetime | None
+
+
+def topic_stats(s: Session) -> dict[str, TopicStats]:
+    counts = {
+        name: (count, added, changed)
+        for name, count, added, changed in s.execute(
+            select(
+                TopicItemRow.topic,
+                func.count(),
+                func.max(TopicItemRow.added_at),
+                func.max(ItemRow.changed_at),
+            )
+            .join(ItemRow, ItemRow.id == TopicItemRow.item_id)
+            .group_by(TopicItemRow.topic)
+        )
+    }
+    result = {}
+    for row in s.scalars(select(TopicRow)):
+        count, added, changed = counts.get(row.name, (0, None, None))
+        stamps = [d for d in (added, changed) if d is not None]
+        last = max(stamps) if stamps else None
+        if last is not None and last.tzinfo is None:  # aggregates bypass the column type
+            last = last.replace(tzinfo=UTC)
+        result[row.name] = TopicStats(count=count, last_change=last, last_match=row.last_match_at)
+    return result
+
+
+def item_topics(s: Session, item_ids: Sequence[int]) -> dict[int, list[str]]:
+    result: dict[int, list[str]] = {}
+    for item_id, topic in s.execute(
+        select(TopicItemRow.item_id, TopicItemRow.topic).where(TopicItemRow.item_id.in_(list(item_ids)))
+    ):
+        result.setdefault(item_id, []).append(topic)
+    return result
+
+
+def count_items(s: Session) -> int:
+    return s.scalar(select(func.count()).select_from(ItemRow)) or 0
+
+
+__all__ = [
+    "SaveResult",
+    "TopicStats",
+    "add_topic_items",
+    "claim_due_sources",
+    "count_items",
+    "fetch_state",
+    "item_topics",
+    "record_poll",
+    "remove_topic_items",
+    "save_items",
+    "source_health",
+    "stored_items",
+    "sync_sources",
+    "sync_topics",
+    "topic_items",
+    "topic_stats",
+]
