@@ -61,6 +61,7 @@ class FetchState:
     url: str
     etag: str | None = None
     last_modified: str | None = None
+    errors: int = 0  # consecutive failed polls so far (drives the backoff)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,14 +55,15 @@ def test_schema_is_at_head_after_upgrade(sessions: sessionmaker[Session]) -> Non
 def test_save_is_idempotent_and_updates_in_place(s: Session) -> None:
     a, b = make_item("bbc", "guid:1", "One"), make_item("bbc", "guid:2", "Two")
     first = store.save_items(s, "bbc", [a, b, a], NOW)
-    assert len(first.new) == 2 and first.updated == []
+    assert [item for _, item in first.new] == [a, b] and first.updated == []
     again = store.save_items(s, "bbc", [a, b], NOW + timedelta(hours=1))
     assert again.new == [] and again.unchanged == 2
     changed = dataclasses.replace(a, title="One, corrected", content_hash="hash-new")
     result = store.save_items(s, "bbc", [changed], NOW + timedelta(hours=2))
-    assert result.updated == [first.new[0]]
+    first_id = first.new[0][0]
+    assert result.updated == [(first_id, changed)]
     assert store.count_items(s) == 2
-    (stored,) = store.stored_items(s, [first.new[0]])
+    (stored,) = store.stored_items(s, [first_id])
     assert stored.item.title == "One, corrected"
     assert stored.item.updated == NOW + timedelta(hours=2)
     assert stored.first_seen == NOW
@@ -72,7 +73,7 @@ def test_save_is_idempotent_and_updates_in_place(s: Session) -> None:
 
 def test_undated_item_keeps_first_seen_time(s: Session) -> None:
     item = dataclasses.replace(make_item("bbc", "hash:x", "X"), dated=False)
-    (item_id,) = store.save_items(s, "bbc", [item], NOW).new
+    ((item_id, _),) = store.save_items(s, "bbc", [item], NOW).new
     later = dataclasses.replace(item, published=NOW + timedelta(days=1), content_hash="other")
     store.save_items(s, "bbc", [later], NOW + timedelta(days=1))
     (stored,) = store.stored_items(s, [item_id])
@@ -81,8 +82,8 @@ def test_undated_item_keeps_first_seen_time(s: Session) -> None:
 
 def test_same_url_from_two_sources_is_one_article(s: Session) -> None:
     url = "https://news.example/story"
-    one = store.save_items(s, "bbc", [make_item("bbc", "guid:a", "A", url=url)], NOW).new
-    two = store.save_items(s, "cnn", [make_item("cnn", "link:" + url, "A", url=url)], NOW).new
+    one = [i for i, _ in store.save_items(s, "bbc", [make_item("bbc", "guid:a", "A", url=url)], NOW).new]
+    two = [i for i, _ in store.save_items(s, "cnn", [make_item("cnn", "link:" + url, "A", url=url)], NOW).new]
     items = list(store.stored_items(s, one + two))
     assert items[0].article_id is not None and items[0].article_id == items[1].article_id
     store.sync_topics(s, {"t": "def"})
@@ -99,7 +100,7 @@ def test_unknown_source_is_refused(s: Session) -> None:
 
 def test_topic_membership_order_limit_and_stats(s: Session) -> None:
     items = [make_item("bbc", f"guid:{i}", f"T{i}", hours=i) for i in range(5)]
-    ids = store.save_items(s, "bbc", items, NOW).new
+    ids = [i for i, _ in store.save_items(s, "bbc", items, NOW).new]
     assert store.sync_topics(s, {"t": "v1", "u": "v1"}) == ["t", "u"]
     assert store.add_topic_items(s, "t", ids, NOW) == 5
     assert store.add_topic_items(s, "t", ids, NOW) == 0
@@ -134,6 +135,7 @@ def test_claim_moves_due_time_and_record_poll(s: Session) -> None:
     assert health["bbc"].status == "ok" and health["bbc"].last_new == 3
     assert health["bbc"].effective_url == "https://bbc.example/new"
     assert store.fetch_state(s, "bbc") == FetchState("https://bbc.example/new", '"e1"', "x")
+    assert store.fetch_state(s, "cnn") == FetchState("file:///x", errors=2)
     assert health["cnn"].status == "error" and health["cnn"].error_count == 2
     assert health["cnn"].last_error == "source 'cnn': boom"
     assert store.fetch_state(s, "missing") is None

@@ -91,7 +91,12 @@ def fetch_state(s: Session, name: str) -> FetchState | None:
     row = s.scalar(select(SourceRow).where(SourceRow.name == name))
     if row is None:
         return None
-    return FetchState(url=row.effective_url or row.url, etag=row.etag, last_modified=row.last_modified)
+    return FetchState(
+        url=row.effective_url or row.url,
+        etag=row.etag,
+        last_modified=row.last_modified,
+        errors=row.error_count,
+    )
 
 
 def record_poll(
@@ -159,10 +164,10 @@ def source_health(s: Session) -> list[SourceHealth]:
 
 @dataclass
 class SaveResult:
-    """Ids of the rows a batch of items created and changed; the rest were already stored as is."""
+    """The rows a batch of items created and changed, as (id, item); the rest were stored as is."""
 
-    new: list[int] = field(default_factory=list)
-    updated: list[int] = field(default_factory=list)
+    new: list[tuple[int, Item]] = field(default_factory=list)
+    updated: list[tuple[int, Item]] = field(default_factory=list)
     unchanged: int = 0
 
 
@@ -186,12 +191,12 @@ def save_items(s: Session, source: str, items: Sequence[Item], now: datetime) ->
         if row is None:
             new_id = _insert_item(s, source_id, item, now)
             if new_id is not None:
-                result.new.append(new_id)
+                result.new.append((new_id, item))
             else:
                 result.unchanged += 1  # another writer stored it first
         elif row.content_hash != item.content_hash:
             _update_item(s, row, item, now)
-            result.updated.append(row.id)
+            result.updated.append((row.id, item))
         else:
             result.unchanged += 1
     return result

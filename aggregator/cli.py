@@ -1,0 +1,463 @@
+"""The command line and the one composition root: builds settings, engine, HTTP session and pools and
+hands them down. ``run.py`` and the ``aggregator`` console script call ``main()``.
+
+Exit codes: 0 ok; 1 some sources failed (fetch) or a runtime error; 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from aggregator import __version__, publish, store
+from aggregator.config import Settings, load_config
+from aggregator.errors import AggregatorError, ConfigError
+from aggregator.fetch import fetch, make_session
+from aggregator.model import PollOutcome, StoredItem
+from aggregator.pipeline import Context, backfill_topics, poll_source, topic_definitions
+from aggregator.schedule import CLAIM_LEASE
+from aggregator.topics import MatchDoc, compile_query
+
+DEFAULT_CONFIG = "config/aggregator.yaml"
+log = logging.getLogger("aggregator")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class App:
+    """What the commands share once the config is loaded and the store is open."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    ctx: Context
+
+
+def load(args: argparse.Namespace) -> Settings:
+    path = args.config or os.environ.get("AGGREGATOR_CONFIG") or DEFAULT_CONFIG
+    return load_config(path, validate_query=compile_query)
+
+
+def open_app(settings: Settings, *, migrate: bool = True) -> App:
+    """Open the store (migrating it, or checking it is migrated), sync sources and topics."""
+    engine = store.make_engine(settings.database)
+    if migrate:
+        store.upgrade(engine)
+    else:
+        current, head = store.schema_revision(engine)
+        if current != head:
+            raise AggregatorError(
+                f"store: the database schema is at {current or 'nothing'}, this version needs {head}: "
+                f"run `python run.py db upgrade --config {settings.path}` first"
+            )
+    sessions = store.make_sessionmaker(engine)
+    http = make_session(pool_size=max(10, settings.worker.threads))
+    ctx = Context.build(settings.sources, settings.topics, sessions, partial(fetch, http))
+    if migrate:
+        with sessions.begin() as s:
+            store.sync_sources(s, settings.sources, now())
+            stale = store.sync_topics(s, topic_definitions(settings.topics, settings.sources))
+        if stale:
+            matched = backfill_topics(ctx, stale, now())
+            log.info("topics %s computed from stored items: %d matches", ", ".join(stale), matched)
+    return App(settings, engine, sessions, ctx)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace, out: Console) -> int:
+    settings = load(args)
+    out.print(
+        f"{settings.path}: OK: {len(settings.sources)} sources, {len(settings.topics)} topics, "
+        f"database {settings.database}"
+    )
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace, out: Console) -> int:
+    app = open_app(load(args))
+    known = app.ctx.sources
+    if args.source:
+        unknown = [n for n in args.source if n not in known]
+        if unknown:
+            raise ConfigError(f"unknown source(s): {', '.join(unknown)} (see `python run.py sources`)")
+        names = list(dict.fromkeys(args.source))
+    elif args.all:
+        names = [n for n, s in known.items() if s.enabled]
+    else:
+        with app.sessions.begin() as s:
+            names = store.claim_due_sources(s, now(), lease=CLAIM_LEASE, limit=len(known) or 1)
+    outcomes = poll_many(app, names, out)
+    out.print(outcome_table(outcomes))
+    failed = [o for o in outcomes if not o.ok]
+    new = sum(o.new for o in outcomes)
+    out.print(f"{len(outcomes)} sources polled, {new} new items, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def poll_many(app: App, names: Sequence[str], out: Console) -> list[PollOutcome]:
+    threads = max(1, min(app.settings.worker.threads, len(names) or 1))
+    outcomes: list[PollOutcome] = []
+    with (
+        ThreadPoolExecutor(max_workers=threads) as pool,
+        Progress(console=out, transient=True, disable=not out.is_terminal) as progress,
+    ):
+        task = progress.add_task("polling", total=len(names))
+        for outcome in pool.map(lambda n: poll_source(app.ctx, n, now()), names):
+            outcomes.append(outcome)
+            progress.advance(task)
+    return outcomes
+
+
+def outcome_table(outcomes: Sequence[PollOutcome]) -> Table:
+    table = Table(title="Poll results")
+    for column in ("source", "status", "HTTP", "entries", "new", "updated", "seconds", "error / problem"):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        table.add_row(
+            o.source,
+            o.status if o.ok else "[red]error[/red]",
+            str(o.http_status or ""),
+            str(o.entries),
+            str(o.new),
+            str(o.updated),
+            f"{o.duration:.2f}",
+            escape(o.error or o.problem or ""),
+        )
+    return table
+
+
+def cmd_sources(args: argparse.Namespace, out: Console) -> int:
+    app = open_app(load(args))
+    with app.sessions() as s:
+        rows = store.source_health(s)
+    table = Table(title=f"Sources ({app.settings.path})")
+    for column in (
+        "source",
+        "status",
+        "last fetch",
+        "HTTP",
+        "items",
+        "new",
+        "errors",
+        "next due",
+        "url / error",
+    ):
+        table.add_column(column, overflow="fold")
+    for h in rows:
+        detail = escape(h.effective_url or h.url)
+        if h.last_error:
+            detail = f"{detail}\n[red]{escape(h.last_error)}[/red]"
+        table.add_row(
+            h.name,
+            h.status,
+            when(h.last_fetch),
+            str(h.last_http_status or ""),
+            str(h.items),
+            str(h.last_new),
+            str(h.error_count),
+            when(h.next_due),
+            detail,
+        )
+    out.print(table)
+    return 0
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def cmd_topics(args: argparse.Namespace, out: Console) -> int:
+    app = open_app(load(args))
+    if args.test is not None:
+        return test_query(app, args.test, out)
+    with app.sessions() as s:
+        stats = store.topic_stats(s)
+    table = Table(title="Topics")
+    for column in ("topic", "title", "items", "last match", "query"):
+        table.add_column(column, overflow="fold")
+    for t in app.settings.topics:
+        st = stats.get(t.name)
+        table.add_row(
+            t.name, t.title or "", str(st.count if st else 0), when(st.last_match if st else None), t.query
+        )
+    out.print(table)
+    return 0
+
+
+def test_query(app: App, text: str, out: Console) -> int:
+    try:
+        query = compile_query(text)
+    except ValueError as e:
+        raise ConfigError(f"query {text!r}: {e}") from e
+    hits: list[StoredItem] = []
+    total = 0
+    with app.sessions() as s:
+        for stored in store.stored_items(s):
+            source = app.ctx.sources.get(stored.item.source)
+            if query.matches(MatchDoc.from_item(stored.item, source.tags if source else ())):
+                total += 1
+                hits.append(stored)
+    hits.sort(key=lambda x: x.item.published, reverse=True)
+    table = Table(title=f"{total} stored items match {text!r} (newest {min(total, 20)} shown)")
+    for column in ("published", "source", "title"):
+        table.add_column(column, overflow="fold")
+    for stored in hits[:20]:
+        table.add_row(when(stored.item.published), stored.item.source, stored.item.title)
+    out.print(table)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, out: Console) -> int:
+    app = open_app(load(args))
+    base = (args.base_url or app.settings.server.base_url).rstrip("/")
+    folder = Path(args.out) / "topics"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with app.sessions() as s:
+        stats = store.topic_stats(s)
+        for topic in app.settings.topics:
+            items = store.topic_items(s, topic.name, limit=topic.limit, collapse=topic.collapse_duplicates)
+            st = stats.get(topic.name)
+            for fmt in publish.FORMATS:
+                body = publish.render_feed(
+                    fmt,
+                    topic,
+                    items,
+                    feed_url=f"{base}/topics/{topic.name}.{fmt}",
+                    site_url=f"{base}/topics/{topic.name}",
+                    updated=st.last_change if st else None,
+                )
+                (folder / f"{topic.name}.{fmt}").write_bytes(body)
+                written += 1
+    out.print(f"wrote {written} feed files for {len(app.settings.topics)} topics under {folder}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, out: Console) -> int:
+    app = open_app(load(args))
+    with open_output(args.out) as stream, app.sessions() as s:
+        count = 0
+        for stored in store.stored_items(s):
+            stream.write(json.dumps(export_record(stored), ensure_ascii=False) + "\n")
+            count += 1
+    if args.out:
+        out.print(f"exported {count} items to {args.out}")
+    return 0
+
+
+@contextmanager
+def open_output(path: str | None) -> Iterator[TextIO]:
+    if not path or path == "-":
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8") as stream:
+        yield stream
+
+
+def export_record(stored: StoredItem) -> dict[str, Any]:
+    item = stored.item
+    return {
+        "id": item.uid,
+        "source": item.source,
+        "url": item.url,
+        "link": item.link,
+        "title": item.title,
+        "text": item.text,
+        "html": item.html,
+        "published": item.published.isoformat(),
+        "updated": item.updated.isoformat() if item.updated else None,
+        "first_seen": stored.first_seen.isoformat(),
+        "language": item.language,
+        "authors": list(item.authors),
+        "categories": list(item.categories),
+        "enclosures": [{"url": e.url, "type": e.type, "length": e.length} for e in item.enclosures],
+        "image": item.image,
+        "article_id": stored.article_id,
+        "story_id": stored.story_id,
+    }
+
+
+def cmd_db(args: argparse.Namespace, out: Console) -> int:
+    settings = load(args)
+    engine = store.make_engine(settings.database)
+    before, head = store.schema_revision(engine)
+    store.upgrade(engine)
+    out.print(f"database {settings.database}: schema {before or 'empty'} -> {head}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, out: Console) -> int:
+    app = open_app(load(args))
+    return serve_forever(app, out, with_worker=True, with_web=True)
+
+
+def cmd_worker(args: argparse.Namespace, out: Console) -> int:
+    app = open_app(load(args))
+    return serve_forever(app, out, with_worker=True, with_web=False)
+
+
+def cmd_serve(args: argparse.Namespace, out: Console) -> int:
+    app = open_app(load(args), migrate=False)
+    return serve_forever(app, out, with_worker=False, with_web=True)
+
+
+def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) -> int:
+    """Run the worker and/or the web server until SIGINT or SIGTERM; stop cleanly."""
+    from waitress import create_server
+
+    from aggregator.web import create_app
+    from aggregator.worker import Worker
+
+    settings = app.settings
+    stop = threading.Event()
+    server = None
+    if with_web:
+        wsgi = create_app(settings.topics, app.sessions, settings.server.base_url)
+        try:
+            server = create_server(wsgi, host=settings.server.host, port=settings.server.port, threads=8)
+        except OSError as e:
+            raise AggregatorError(
+                f"cannot listen on {settings.server.host}:{settings.server.port}: {e.strerror or e} "
+                f"(change server.port in {settings.path})"
+            ) from e
+    worker = (
+        Worker(app.ctx, tick=settings.worker.tick, threads=settings.worker.threads) if with_worker else None
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+        if server is not None:
+            server.close()  # makes server.run() return
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if worker is not None:
+            worker.start()
+        if server is not None:
+            announce(app, out)
+            try:
+                server.run()
+            except (OSError, ValueError):  # the listening socket was closed by the signal handler
+                if not stop.is_set():
+                    raise
+        else:
+            out.print(f"worker polling {len(settings.sources)} sources; Ctrl-C to stop", highlight=False)
+            stop.wait()
+    finally:
+        if worker is not None:
+            worker.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def announce(app: App, out: Console) -> None:
+    base = app.settings.server.base_url.rstrip("/")
+    out.print(
+        f"aggregator {__version__}: serving {len(app.settings.topics)} topic feeds at {base}/",
+        highlight=False,
+    )
+    for topic in app.settings.topics:
+        out.print(f"  {topic.name}: {base}/topics/{topic.name}.rss  .atom  .json", highlight=False)
+    out.print("Ctrl-C to stop", highlight=False)
+    out.file.flush()
+
+
+# --- argument parsing ----------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace, Console], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help=f"config file (default ${{AGGREGATOR_CONFIG}} or {DEFAULT_CONFIG})",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more")
+    parser = argparse.ArgumentParser(
+        prog="aggregator",
+        description="Poll news feeds; publish clean, deduplicated topic feeds.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"aggregator {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    add("run", cmd_run, "worker and web server in one process (the default)")
+    add("worker", cmd_worker, "only the polling worker")
+    add("serve", cmd_serve, "only the web server")
+    p = add("fetch", cmd_fetch, "one polling pass over the due sources (or --all / --source), then exit")
+    p.add_argument("--source", action="append", metavar="NAME", help="poll this source (repeatable)")
+    p.add_argument("--all", action="store_true", help="poll every enabled source, due or not")
+    add("check-config", cmd_check_config, "validate the config file; exit 2 listing every problem")
+    add("sources", cmd_sources, "table of sources with their health")
+    p = add("topics", cmd_topics, "list topics with item counts, or try a query with --test")
+    p.add_argument("--test", metavar="QUERY", help="show the stored items a query would match")
+    p = add("build", cmd_build, "write every topic feed as static files")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--base-url", help="public URL the files will be served under (default server.base_url)")
+    p = add("export", cmd_export, "every stored item as JSON Lines")
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    p = add("db", cmd_db, "database maintenance: `db upgrade` applies the schema migrations")
+    p.add_argument("action", choices=["upgrade"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.config = getattr(args, "config", None)
+    verbose = getattr(args, "verbose", False)
+    func: Command = getattr(args, "func", cmd_run)
+    quiet = func in (cmd_check_config, cmd_sources, cmd_topics, cmd_export, cmd_build, cmd_db, cmd_fetch)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("apscheduler", "waitress.queue"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    out = Console(stderr=func is cmd_export)
+    err = Console(stderr=True)
+    try:
+        return func(args, out)
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 2
+    except AggregatorError as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
