@@ -1,0 +1,292 @@
+"""The topic query language (aggregator.topics): parsing, errors, matching, topic restrictions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from aggregator.errors import AggregatorError
+from aggregator.model import Item, Topic
+from aggregator.topics import MatchDoc, QueryError, TopicMatcher, compile_query, fold
+
+DATA = Path(__file__).resolve().parent / "data"
+ARTICLE = (DATA / "normalize-example-article.txt").read_text(encoding="utf-8")
+ARTICLE_TITLE = (
+    "Over 260 Russian soldiers voluntarily surrender to Ukraine via I Want to Live project, "
+    "Ukrainian intelligence says"
+)
+# The same report as Ukrainian outlets ran it (Ukrainska Pravda's Ukrainian edition, same day).
+UK_TITLE = "Понад 260 російських військових здалися в полон через проєкт «Хочу жить» – ГУР"
+UK_TEXT = (
+    "Проєкт «Хочу жить» отримав понад 35 тисяч заявок. Україна гарантує безпеку. "
+    "Їх зареєстровано як полонених, а не як тих, хто добровільно перейшов на бік України."
+)
+# BBC Chinese (bbc-chinese-1.xml), a script written without spaces.
+ZH_TITLE = "中国新闻：乌克兰称超过260名俄罗斯士兵投降"
+
+
+def make_item(
+    title: str, text: str = "", source: str = "ukrainska-pravda", language: str | None = "en"
+) -> Item:
+    return Item(
+        source=source,
+        key="guid:1",
+        uid="00000000-0000-5000-8000-000000000000",
+        title=title,
+        html="",
+        text=text,
+        published=datetime(2024, 5, 10, 16, 43, tzinfo=UTC),
+        content_hash="0" * 40,
+        language=language,
+    )
+
+
+ARTICLE_DOC = MatchDoc.from_item(make_item(ARTICLE_TITLE, ARTICLE), ("news", "Ukraine"))
+UK_DOC = MatchDoc.from_item(make_item(UK_TITLE, UK_TEXT, language="uk"), ("news",))
+
+
+def matches(query: str, doc: MatchDoc = ARTICLE_DOC) -> bool:
+    return compile_query(query).matches(doc)
+
+
+def doc_of(text: str) -> MatchDoc:
+    return MatchDoc.from_item(make_item("", text))
+
+
+# -------------------------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    ("query", "words", "expected"),
+    [
+        # OR binds weakest: a OR (b AND c)
+        ("a OR b c", "a", True), ("a OR b c", "b", False), ("a OR b c", "b c", True),
+        ("a OR b AND c", "b", False), ("a OR b AND c", "a", True),
+        # NOT binds tightest: (NOT a) AND b
+        ("NOT a b", "b", True), ("NOT a b", "a b", False), ("NOT a b", "", False),
+        ("NOT (a b)", "a", True), ("NOT (a b)", "a b", False),
+        ("a OR b NOT c", "b c", False), ("a OR b NOT c", "a c", True),
+        ("(a OR b) c", "b c", True), ("(a OR b) c", "b", False),
+        ("a -b", "a", True), ("a -b", "a b", False),
+        ('a -"b c"', "a b c", False), ('a -"b c"', "a c b", True),
+        ("a -(b OR c)", "a c", False), ("NOT NOT a", "a", True), ("a AND NOT b OR c", "c", True),
+        # lower-case keywords are plain words
+        ("war and peace", "war peace", False), ("war and peace", "war and peace", True),
+        ("not OR or", "or", True), ("NOT not", "yes", True),
+        # "*" matches everything, and can be narrowed
+        ("*", "", True), ("* NOT a", "a", False), ("* NOT a", "b", True),
+    ],
+)  # fmt: skip
+def test_precedence_and_operators(query: str, words: str, expected: bool) -> None:
+    assert matches(query, doc_of(words)) is expected
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("", "empty query (write '*' to match every item)"),
+        ("   \n", "empty query (write '*' to match every item)"),
+        ("ukraine AND (surrender OR war", "at column 30: expected ')' to close '(' opened at column 13"),
+        ("a (b (c) OR d", "at column 14: expected ')' to close '(' opened at column 3"),
+        ("ukraine)", "at column 8: unexpected ')' with no matching '('"),
+        ("ukraine AND", "at column 12: expected a term after 'AND', found the end of the query"),
+        ("AND ukraine", "at column 1: expected a term, found 'AND'"),
+        ("ukraine OR OR war", "at column 12: expected a term after 'OR', found 'OR'"),
+        ("ukraine NOT", "at column 12: expected a term after 'NOT', found the end of the query"),
+        ("ukraine (OR war)", "at column 10: expected a term after '(', found 'OR'"),
+        ("()", "at column 2: expected a term after '(', found ')'"),
+        ("ukraine - war", "at column 9: expected a word, phrase or '(' right after '-'"),
+        ("ukraine -", "at column 9: expected a word, phrase or '(' right after '-'"),
+        ('"prisoners of war', "at column 18: expected '\"' to close the phrase opened at column 1"),
+        ('title:"prisoners', "at column 17: expected '\"' to close the phrase opened at column 7"),
+        ("author:yusov", "at column 1: unknown field 'author:' (expected one of title:, text:, source:, "
+                         "tag:, lang:; quote the text to search for it: \"author:yusov\")"),
+        ("see https://x.example", "at column 5: unknown field 'https:' (expected one of title:, text:, "
+                                  "source:, tag:, lang:; quote the text to search for it: "
+                                  "\"https://x.example\")"),
+        ("title: ukraine", "at column 1: expected a word, phrase or '(' right after 'title:'"),
+        ("source:", "at column 1: expected a name right after 'source:'"),
+        ("tag:(news OR sport)", "at column 1: expected a name right after 'tag:'"),
+        ("source:*", "at column 1: expected a name after 'source:'"),
+        ('tag:""', "at column 1: expected a name after 'tag:'"),
+        ("lang:english", "at column 1: 'lang:' expects a language code like 'en', found 'english'"),
+        ("dr*ne", "at column 1: '*' is only allowed at the end of a word, in 'dr*ne'"),
+        ("a **", "at column 3: '*' is only allowed at the end of a word, in '**'"),
+        ("title:*", "at column 1: expected a word before '*' in 'title:*'"),
+        ("ukraine !!!", "at column 9: '!!!' has no letters or digits to search for"),
+        ('""', "at column 1: '\"\"' has no letters or digits to search for"),
+        ("title:(ukraine", "at column 15: expected ')' to close '(' opened at column 7"),
+    ],
+)  # fmt: skip
+def test_query_errors_say_where_and_what(query: str, message: str) -> None:
+    with pytest.raises(QueryError) as caught:
+        compile_query(query)
+    assert str(caught.value) == message
+
+
+def test_query_error_is_an_aggregator_error_and_a_value_error() -> None:
+    with pytest.raises(QueryError) as caught:
+        compile_query("a OR")
+    error = caught.value
+    assert isinstance(error, AggregatorError) and isinstance(error, ValueError)
+    assert error.column == 5
+    assert error.reason == "expected a term after 'OR', found the end of the query"
+
+
+# ------------------------------------------------------------------------------------------- matching
+
+
+def test_the_design_documents_example_query() -> None:
+    query = 'ukraine AND (surrender OR "prisoners of war") NOT tag:sport'
+    assert matches(query)
+    sport = MatchDoc.from_item(make_item(ARTICLE_TITLE, ARTICLE), ("sport",))
+    assert not matches(query, sport)
+
+
+@pytest.mark.parametrize(
+    ("query", "text", "expected"),
+    [
+        ("war", "the war, it said", True), ("war", "War.", True), ("war", "(war)", True),
+        ("war", "warning", False), ("war", "software", False), ("war", "post-war era", True),
+        ("war", "Ukraine's war", True), ("ukraine", "Ukraine's war", True),
+        ("covid-19", "COVID-19 cases", True), ("covid-19", "covid 19", True), ("covid-19", "19 covid", False),
+        ("u.s.", "the U.S. said", True), ("35,000", "over 35,000 applications", True),
+    ],
+)  # fmt: skip
+def test_words_match_on_word_boundaries(query: str, text: str, expected: bool) -> None:
+    assert matches(query, doc_of(text)) is expected
+
+
+def test_matching_on_the_example_article() -> None:
+    assert matches("Yusov")
+    assert matches("defence intelligence")
+    assert not matches("defense")
+    assert matches("Ukrinform")
+    assert not matches("Ukrinfor")
+    assert matches("Ukrinfor*")
+    assert not matches("zelensky")
+
+
+def test_accents_and_case_are_folded_on_both_sides() -> None:
+    doc = doc_of("Café crème in São Paulo; Straße; ÉCOLE")
+    for query in ("cafe", "CAFÉ", "creme", "sao paulo", '"São Paulo"', "strasse", "école", "ecole"):
+        assert matches(query, doc), query
+    assert fold("Ñandú ﬁ") == "nandu fi"
+
+
+def test_cyrillic() -> None:
+    for query in ("Україна", "україна", "УКРАЇНА", "полонених", "полон*", "їх", "проєкт", "хочу", "гур"):
+        assert matches(query, UK_DOC), query
+    assert matches('"здалися в полон"', UK_DOC)
+    assert not matches("полон", doc_of("полонених"))  # word boundary in Cyrillic too
+    assert not matches("України", doc_of("Україна"))
+    # й and ї keep their marks: they are letters of their own, not accented и and і
+    assert fold("Йосип") == "йосип" and fold("Їжак") == "їжак"
+    assert not matches("мии", doc_of("мій"))
+    assert fold("Ёлка") == "елка"
+
+
+def test_cjk_matches_substrings() -> None:
+    doc = MatchDoc.from_item(make_item(ZH_TITLE, language="zh"))
+    assert matches("乌克兰", doc)
+    assert matches("title:俄罗斯士兵", doc)
+    assert matches('"260名俄罗斯"', doc)
+    assert not matches("美国", doc)
+
+
+def test_phrases_match_consecutive_words() -> None:
+    assert matches('"prisoners of war"')
+    assert matches('"I want to live"')
+    assert not matches('"live to want"')
+    assert matches('"Treatment  of\nPrisoners"')
+    doc = doc_of("prisoners were taken in the war of 2022")
+    assert matches("prisoners war", doc)
+    assert not matches('"prisoners of war"', doc)
+
+
+def test_prefix_wildcards() -> None:
+    doc = doc_of("Drones attacked; the drone-maker said")
+    assert matches("drone*", doc)
+    assert matches("dron*", doc)
+    assert not matches("drones*", doc_of("drone"))
+    assert not matches("rone*", doc)
+    assert not matches('"drone ma*"', doc_of("the drone maker"))  # quoted: * is not a wildcard
+    assert matches("drone-ma*", doc)  # an unquoted compound: wildcard on its last word
+    assert not matches('"surrend*"')
+    assert matches("surrend*")
+
+
+def test_fields() -> None:
+    assert matches("title:surrender")
+    assert matches('title:"I want to live"')
+    assert not matches("title:Yusov")
+    assert matches("text:Yusov")
+    assert matches("TITLE:surrender")  # field names are case-insensitive
+    assert matches("title:(ukraine OR belarus) text:DIU")
+    assert not matches("title:(Yusov OR Ukrinform)")
+    assert matches("title:(surrender text:Yusov)")  # an explicit field wins inside a group
+    assert matches("source:ukrainska-pravda") and matches("source:Ukrainska*")
+    assert not matches("source:bbc-news")
+    assert matches("tag:ukraine") and matches("tag:NEWS") and matches("tag:new*")
+    assert not matches("tag:sport")
+    assert matches("lang:en") and matches("lang:EN") and not matches("lang:uk")
+    assert matches("lang:uk", UK_DOC)
+    assert not matches("lang:en", MatchDoc.from_item(make_item("x", language=None)))
+
+
+# -------------------------------------------------------------------------------------------- topics
+
+
+def test_topic_matcher_applies_the_query() -> None:
+    item = make_item(ARTICLE_TITLE, ARTICLE)
+    matcher = TopicMatcher(Topic(name="surrender", query="surrender*"))
+    assert matcher.matches(item, ("news",))
+    assert not TopicMatcher(Topic(name="x", query="zelensky")).matches(item, ())
+
+
+def test_topic_matcher_restricts_by_source_name() -> None:
+    item = make_item(ARTICLE_TITLE, ARTICLE)
+    assert TopicMatcher(Topic(name="t", query="*", sources=("ukrainska-pravda", "bbc"))).matches(item, ())
+    assert not TopicMatcher(Topic(name="t", query="*", sources=("bbc",))).matches(item, ())
+
+
+def test_topic_matcher_restricts_by_source_tag() -> None:
+    item = make_item(ARTICLE_TITLE, ARTICLE)
+    topic = Topic(name="t", query="ukraine", tags=("News", "politics"))
+    assert TopicMatcher(topic).matches(item, ("news",))
+    assert not TopicMatcher(topic).matches(item, ("sport",))
+    assert not TopicMatcher(topic).matches(item, ())
+
+
+def test_topic_matcher_restricts_by_language() -> None:
+    topic = Topic(name="t", query="*", language=("en", "uk-UA"))
+    matcher = TopicMatcher(topic)
+    assert matcher.matches(make_item("a", language="en"), ())
+    assert matcher.matches(make_item("a", language="uk"), ())
+    assert not matcher.matches(make_item("a", language="de"), ())
+    assert not matcher.matches(make_item("a", language=None), ())  # undeclared: not admitted
+    assert TopicMatcher(Topic(name="all", query="*")).matches(make_item("a", language=None), ())
+
+
+def test_topic_matcher_reuses_a_shared_doc() -> None:
+    item = make_item(ARTICLE_TITLE, ARTICLE)
+    doc = MatchDoc.from_item(item, ("news",))
+    matchers = [TopicMatcher(Topic(name=f"t{i}", query=q)) for i, q in enumerate(["ukraine", "yusov", "x"])]
+    assert [m.matches(item, ("news",), doc) for m in matchers] == [True, True, False]
+
+
+def test_topic_matcher_names_the_topic_in_query_errors() -> None:
+    with pytest.raises(QueryError) as caught:
+        TopicMatcher(Topic(name="ukraine-war", query="ukraine AND (war"))
+    assert str(caught.value) == (
+        "topic 'ukraine-war': query at column 17: expected ')' to close '(' opened at column 13"
+    )
+    assert caught.value.topic == "ukraine-war" and caught.value.column == 17
+
+
+def test_query_repr_and_text() -> None:
+    query = compile_query("ukraine OR war")
+    assert query.text == "ukraine OR war"
+    assert repr(query) == "Query('ukraine OR war')"
