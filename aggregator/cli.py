@@ -112,6 +112,9 @@ def cmd_fetch(args: argparse.Namespace, out: Console) -> int:
     else:
         with app.sessions.begin() as s:
             names = store.claim_due_sources(s, now(), lease=CLAIM_LEASE, limit=len(known) or 1)
+    if not names:
+        out.print("no source is due yet (see `python run.py sources`); `fetch --all` polls every source")
+        return 0
     outcomes = poll_many(app, names, out)
     out.print(outcome_table(outcomes))
     failed = [o for o in outcomes if not o.ok]
@@ -449,8 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("apscheduler", "waitress.queue"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    out = Console(stderr=func is cmd_export)
-    err = Console(stderr=True)
+    to_stderr = func is cmd_export
+    stream = sys.stderr if to_stderr else sys.stdout
+    out = Console(stderr=to_stderr, width=None if stream.isatty() else 200)
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     try:
         return func(args, out)
     except ConfigError as e:
@@ -461,3 +466,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `export | head`: the reader left; not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
