@@ -569,7 +569,7 @@ def _read(path: Path, display: str, ctx: _Context, origin: Origin | None) -> _Do
 
 
 M = TypeVar("M", bound=BaseModel)
-QueryCheck = Callable[[str], None]  # raises ValueError(message) for a bad topic query
+QueryCheck = Callable[[str], object]  # raises ValueError(message) for a bad topic query
 
 
 def _validate(model: type[M], data: Any, doc: _Doc, prefix: Loc, ctx: _Context) -> M | None:

@@ -61,7 +61,7 @@ def create_app(topics: Sequence[Topic], sessions: sessionmaker[Session], base_ur
     def listing() -> list[dict[str, object]]:
         with sessions() as s:
             stats = store.topic_stats(s)
-        rows = []
+        rows: list[dict[str, object]] = []
         for t in topics:
             st = stats.get(t.name)
             rows.append(

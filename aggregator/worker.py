@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -73,7 +74,7 @@ class Worker:
             with self._lock:
                 self._in_flight.add(name)
             future = self.pool.submit(poll_source, self.ctx, name, self.clock())
-            future.add_done_callback(lambda f, n=name: self._done(n, f))
+            future.add_done_callback(partial(self._done, name))
 
     def _done(self, name: str, future: Future[PollOutcome]) -> None:
         with self._lock:
