@@ -9,7 +9,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import feedparser
-import jsonschema
 import pytest
+from feedcheck import jsonfeed_validator, xmllint_atom
 from lxml import etree
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT4
 
 from aggregator.errors import PublishError
 from aggregator.model import Enclosure, Item, StoredItem, Topic
@@ -165,36 +162,6 @@ def struct_to_dt(value: Any) -> datetime:
 
 def xml(body: bytes) -> etree._Element:
     return etree.fromstring(body, etree.XMLParser(resolve_entities=False, no_network=True))
-
-
-def xmllint_atom(body: bytes, tmp_path: Path) -> None:
-    if XMLLINT is None:
-        pytest.skip("xmllint is not installed (apt-get install libxml2-utils)")
-    if not ATOM_RNG.exists():
-        pytest.skip(f"{ATOM_RNG} is missing")
-    path = tmp_path / "feed.atom"
-    path.write_bytes(body)
-    done = subprocess.run(
-        [XMLLINT, "--noout", "--relaxng", str(ATOM_RNG), str(path)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-
-
-def jsonfeed_validator() -> jsonschema.Draft4Validator:
-    if not JSONFEED_DIR.exists():
-        pytest.skip(f"{JSONFEED_DIR} is missing")
-    schema = json.loads((JSONFEED_DIR / "feed-1.1.schema.json").read_text(encoding="utf-8"))
-    feed1 = json.loads((JSONFEED_DIR / "feed-1.schema.json").read_text(encoding="utf-8"))
-    assert schema["$schema"] == "http://json-schema.org/draft-04/schema#"
-    resource = Resource.from_contents(feed1, default_specification=DRAFT4)
-    # feed-1.1 has no id and refers to "feed-1#/..."; feed-1 calls itself https://json.schemastore.org/feed-1
-    registry: Registry[Any] = Registry().with_resources(
-        [("feed-1", resource), ("https://json.schemastore.org/feed-1", resource)]
-    )
-    jsonschema.Draft4Validator.check_schema(schema)
-    return jsonschema.Draft4Validator(
-        schema, registry=registry, format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER
-    )
 
 
 # --- RSS ----------------------------------------------------------------------------------------------
