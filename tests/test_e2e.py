@@ -59,6 +59,16 @@ def write_config(tmp_path: Path, server: FeedServer, port: int, sources: list[tu
     return path
 
 
+def start(config: Path, *command: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *command, "--config", str(config)],
+        cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
@@ -92,13 +102,7 @@ def running(
     config = write_config(
         tmp_path, feed_server, port, [(p[1:].split(".")[0], feed_server.url(p)) for p in FEEDS]
     )
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), "--config", str(config)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start(config)  # no command: `run` is the default
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: get(f"{base}/healthz")[0] == 200, 30, "the web server")
@@ -188,13 +192,7 @@ def test_offline_sources_fail_cleanly_and_feeds_still_serve(tmp_path: Path, feed
         port,
         [("up", f"http://127.0.0.1:{closed}/rss"), ("bbc", f"http://127.0.0.1:{closed}/bbc")],
     )
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), "run", "--config", str(config)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start(config, "run")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: get(f"{base}/healthz")[0] == 200, 30, "the web server")

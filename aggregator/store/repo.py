@@ -441,23 +441,3 @@ def item_topics(s: Session, item_ids: Sequence[int]) -> dict[int, list[str]]:
 
 def count_items(s: Session) -> int:
     return s.scalar(select(func.count()).select_from(ItemRow)) or 0
-
-
-__all__ = [
-    "SaveResult",
-    "TopicStats",
-    "add_topic_items",
-    "claim_due_sources",
-    "count_items",
-    "fetch_state",
-    "item_topics",
-    "record_poll",
-    "remove_topic_items",
-    "save_items",
-    "source_health",
-    "stored_items",
-    "sync_sources",
-    "sync_topics",
-    "topic_items",
-    "topic_stats",
-]
