@@ -87,7 +87,12 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
         log.exception("source %r: unexpected error", name)
         message = f"source {name!r}: internal error: {type(e).__name__}: {e}"
         return _failed(ctx, source, state, started, now, message, None)
-    return _store(ctx, source, result, state, parsed.meta, items, problem, started, now)
+    try:
+        return _store(ctx, source, result, state, parsed.meta, items, problem, started, now)
+    except Exception as e:  # the transaction rolled back: nothing of this poll was written
+        log.exception("source %r: could not store the poll", name)
+        message = f"source {name!r}: store: {type(e).__name__}: {e}"
+        return _failed(ctx, source, state, started, now, message, result.status)
 
 
 def _normalize(
@@ -130,7 +135,7 @@ def _store(
             problem=problem,
             duration=time.monotonic() - started,
         )
-        store.record_poll(s, outcome, now=now, state=_validators(result, state), meta=meta)
+        store.record_poll(s, outcome, now=now, state=_validators(result, state, source), meta=meta)
     _log(outcome)
     return outcome
 
@@ -204,11 +209,26 @@ def topic_definitions(topics: Sequence[Topic], sources: Iterable[Source]) -> dic
     return {t.name: hashlib.sha256(f"{t!r}|{tags}".encode()).hexdigest() for t in topics}
 
 
-def _validators(result: FetchResult, state: FetchState | None) -> FetchState:
+def _validators(result: FetchResult, state: FetchState | None, source: Source) -> FetchState:
     """What to send next time: the validators just received, else the ones we had."""
     etag = result.etag or (state.etag if state and result.not_modified else None)
     modified = result.last_modified or (state.last_modified if state and result.not_modified else None)
-    return FetchState(url=result.url, etag=etag, last_modified=modified)
+    return FetchState(
+        url=_next_url(result, state.url if state else source.url), etag=etag, last_modified=modified
+    )
+
+
+def _next_url(result: FetchResult, requested: str) -> str:
+    """Where to ask next time: a permanent redirect (301, 308) moves the feed, a temporary one does not
+    (a 302 to a signed or load-balanced URL must not become the address polled from then on)."""
+    if not result.redirects:
+        return result.url
+    url = requested
+    for status, location in result.redirects:
+        if status not in (301, 308):
+            break
+        url = location
+    return url
 
 
 def _failed(
@@ -251,7 +271,7 @@ def _not_modified(
         duration=time.monotonic() - started,
     )
     with ctx.sessions.begin() as s:
-        store.record_poll(s, outcome, now=now, state=_validators(result, state))
+        store.record_poll(s, outcome, now=now, state=_validators(result, state, source))
     _log(outcome)
     return outcome
 
