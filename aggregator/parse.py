@@ -190,6 +190,10 @@ def _content(e: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
     if not pool:
         return None, {}
     best = max(pool, key=lambda c: len(c["value"]))
+    summary = e.get("summary")
+    if not html and isinstance(summary, str) and len(best["value"]) <= len(summary):
+        # plain text no longer than the description is a media:description caption (NYT), not the body
+        return None, {}
     return best["value"], best
 
 

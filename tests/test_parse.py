@@ -389,3 +389,10 @@ def test_broken_html_page_still_reports_not_a_feed(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(parse._AlternateFinder, "feed", explode)
     with pytest.raises(ParseError, match=r"not a feed: got text/html from https://e\.org/$"):
         parse_feed(b"<html><link rel=alternate></html>", url="https://e.org/")
+
+
+@needs_corpus
+def test_a_media_description_caption_does_not_replace_the_description() -> None:
+    entry = real("nytimes-1.xml").entries[0]
+    assert entry.content is None
+    assert entry.summary is not None and entry.summary.startswith("As Nashville’s popularity has grown")

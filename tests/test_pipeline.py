@@ -219,23 +219,10 @@ def test_repoll_stores_only_the_new_items(
         assert after[key].id == old.id and after[key].first_seen == NOW
 
 
-CHANGED_XFAIL = {
-    # nytimes: parse.py takes media:description (a photo caption, parsed by feedparser as text/plain
-    # content) as the entry's body instead of <description>; the debt-ceiling entry's new description
-    # is therefore not seen as a change. Fix in parse.py, then drop this mark.
-    "R03": "parse.py prefers the media:description caption over <description> (nytimes)",
-}
-
-
 @needs_corpus
 @pytest.mark.parametrize(
     "pair",
-    [
-        pytest.param(row, marks=pytest.mark.xfail(reason=CHANGED_XFAIL[row["pair"]], strict=True))
-        if row["pair"] in CHANGED_XFAIL
-        else row
-        for row in REPOLLS
-    ],
+    REPOLLS,
     ids=[row["pair"] for row in REPOLLS],
 )
 def test_repoll_updates_changed_items_in_place(
