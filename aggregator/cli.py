@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import __version__, publish, store
 from aggregator.config import Settings, load_config
-from aggregator.errors import AggregatorError, ConfigError
+from aggregator.errors import AggregatorError, ConfigError, StoreError
 from aggregator.fetch import fetch, make_session
 from aggregator.model import PollOutcome, StoredItem
 from aggregator.pipeline import Context, backfill_topics, poll_source, topic_definitions
@@ -64,7 +64,7 @@ def load(args: argparse.Namespace) -> Settings:
 
 def open_app(settings: Settings, *, migrate: bool = True) -> App:
     """Open the store (migrating it, or checking it is migrated), sync sources and topics."""
-    engine = store.make_engine(settings.database)
+    engine = open_engine(settings)
     if migrate:
         store.upgrade(engine)
     else:
@@ -85,6 +85,14 @@ def open_app(settings: Settings, *, migrate: bool = True) -> App:
             matched = backfill_topics(ctx, stale, now())
             log.info("topics %s computed from stored items: %d matches", ", ".join(stale), matched)
     return App(settings, engine, sessions, ctx)
+
+
+def open_engine(settings: Settings) -> Engine:
+    """The store's engine; a ``database:`` URL that cannot be used is a configuration error (exit 2)."""
+    try:
+        return store.make_engine(settings.database)
+    except StoreError as e:
+        raise ConfigError(f"{settings.path}: database: {e}") from e
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -269,6 +277,7 @@ def cmd_export(args: argparse.Namespace, out: Console) -> int:
         for stored in store.stored_items(s):
             stream.write(json.dumps(export_record(stored), ensure_ascii=False) + "\n")
             count += 1
+        stream.flush()  # a reader that left (`export | head`) is noticed here, not at interpreter exit
     if args.out:
         out.print(f"exported {count} items to {args.out}")
     return 0
@@ -308,7 +317,7 @@ def export_record(stored: StoredItem) -> dict[str, Any]:
 
 def cmd_db(args: argparse.Namespace, out: Console) -> int:
     settings = load(args)
-    engine = store.make_engine(settings.database)
+    engine = open_engine(settings)
     before, head = store.schema_revision(engine)
     store.upgrade(engine)
     out.print(f"database {settings.database}: schema {before or 'empty'} -> {head}")
