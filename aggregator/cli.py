@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -30,11 +30,11 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator import __version__, publish, store
+from aggregator import __version__, publish, store, websub
 from aggregator.config import Settings, load_config
 from aggregator.errors import AggregatorError, ConfigError, StoreError
-from aggregator.fetch import fetch, make_session
-from aggregator.model import PollOutcome, StoredItem
+from aggregator.fetch import HostLimits, fetch, make_session
+from aggregator.model import PollOutcome, SourceHealth, StoredItem
 from aggregator.pipeline import Context, backfill_topics, poll_source, topic_definitions
 from aggregator.schedule import CLAIM_LEASE
 from aggregator.topics import MatchDoc, compile_query
@@ -76,7 +76,14 @@ def open_app(settings: Settings, *, migrate: bool = True) -> App:
             )
     sessions = store.make_sessionmaker(engine)
     http = make_session(pool_size=max(10, settings.worker.threads))
-    ctx = Context.build(settings.sources, settings.topics, sessions, partial(fetch, http))
+    limits = HostLimits(settings.worker.per_host, host_retry_after=settings.worker.host_retry_after)
+    ctx = Context.build(
+        settings.sources,
+        settings.topics,
+        sessions,
+        partial(fetch, http, limits=limits),
+        on_topics_changed=_pinger(settings),
+    )
     if migrate:
         with sessions.begin() as s:
             store.sync_sources(s, settings.sources, now())
@@ -85,6 +92,19 @@ def open_app(settings: Settings, *, migrate: bool = True) -> App:
             matched = backfill_topics(ctx, stale, now())
             log.info("topics %s computed from stored items: %d matches", ", ".join(stale), matched)
     return App(settings, engine, sessions, ctx)
+
+
+def _pinger(settings: Settings) -> Callable[[Sequence[str]], None] | None:
+    """With ``websub.hub`` set: a callback that pings the hub for every feed of the changed topics."""
+    hub = settings.websub_hub
+    if not hub:
+        return None
+
+    def ping(names: Sequence[str]) -> None:
+        base = settings.server.base_url
+        websub.ping_hub(hub, [url for name in names for url in publish.topic_feed_urls(base, name).values()])
+
+    return ping
 
 
 def open_engine(settings: Settings) -> Engine:
@@ -115,8 +135,10 @@ def cmd_fetch(args: argparse.Namespace, out: Console) -> int:
         if unknown:
             raise ConfigError(f"unknown source(s): {', '.join(unknown)} (see `python run.py sources`)")
         names = list(dict.fromkeys(args.source))
-    elif args.all:
-        names = [n for n, s in known.items() if s.enabled]
+    elif args.all:  # every enabled source except the retired (410 Gone); --source NAME still polls one
+        with app.sessions() as s:
+            retired = {h.name for h in store.source_health(s) if h.retired}
+        names = [n for n, s in known.items() if s.enabled and n not in retired]
     else:
         with app.sessions.begin() as s:
             names = store.claim_due_sources(s, now(), lease=CLAIM_LEASE, limit=len(known) or 1)
@@ -165,37 +187,67 @@ def outcome_table(outcomes: Sequence[PollOutcome]) -> Table:
 
 def cmd_sources(args: argparse.Namespace, out: Console) -> int:
     app = open_app(load(args))
+    if args.history is not None:
+        return source_history(app, args.history, out)
     with app.sessions() as s:
         rows = store.source_health(s)
     table = Table(title=f"Sources ({app.settings.path})")
-    for column in (
-        "source",
-        "status",
-        "last fetch",
-        "HTTP",
-        "items",
-        "new",
-        "errors",
-        "next due",
-        "url / error",
-    ):
+    for column in ("source", "status", "last fetch", "HTTP", "items", "new / in feed", "errors"):
         table.add_column(column, overflow="fold")
+    table.add_column("next due (why)", overflow="fold", min_width=19)
+    table.add_column("url / error", overflow="fold")
     for h in rows:
-        detail = escape(h.effective_url or h.url)
-        if h.last_error:
-            detail = f"{detail}\n[red]{escape(h.last_error)}[/red]"
         table.add_row(
             h.name,
             h.status,
             when(h.last_fetch),
             str(h.last_http_status or ""),
             str(h.items),
-            str(h.last_new),
+            f"{h.last_new} / {h.last_entries}",
             str(h.error_count),
-            when(h.next_due),
-            detail,
+            "-" if h.retired else when(h.next_due) + (f"\n({escape(h.due_reason)})" if h.due_reason else ""),
+            source_detail(h),
         )
     out.print(table)
+    return 0
+
+
+def source_detail(h: SourceHealth) -> str:
+    """The URL polled (and why it is not the configured one), then the last error."""
+    detail = escape(h.effective_url or h.url)
+    if h.effective_url and h.url_reason:
+        detail += f"\n({escape(h.url_reason)})"
+    if h.last_error:
+        detail += f"\n[red]{escape(h.last_error)}[/red]"
+    return detail
+
+
+def source_history(app: App, name: str, out: Console) -> int:
+    if name not in app.ctx.sources:
+        raise ConfigError(f"unknown source: {name} (see `python run.py sources`)")
+    with app.sessions() as s:
+        polls = store.poll_history(s, name)
+    table = Table(title=f"Recent polls of {name} (newest first)")
+    for column in ("time", "status", "HTTP", "bytes", "seconds", "entries", "new", "updated", "unchanged"):
+        table.add_column(column, overflow="fold")
+    table.add_column("next due because / error", overflow="fold")
+    for p in polls:
+        why = escape(p.next_due_reason or "")
+        if p.error:
+            why = f"{why}\n[red]{escape(p.error)}[/red]".strip()
+        table.add_row(
+            when(p.at),
+            p.status,
+            str(p.http_status or ""),
+            str(p.bytes),
+            f"{p.duration:.2f}",
+            str(p.entries),
+            str(p.new),
+            str(p.updated),
+            str(p.unchanged),
+            why,
+        )
+    out.print(table if polls else f"no polls of {name} recorded yet")
     return 0
 
 
@@ -228,10 +280,11 @@ def test_query(app: App, text: str, out: Console) -> int:
         raise ConfigError(f"query {text!r}: {e}") from e
     hits: list[StoredItem] = []
     total = 0
+    at = now()  # relative dates (published:>7d) count back from now
     with app.sessions() as s:
         for stored in store.stored_items(s):
             source = app.ctx.sources.get(stored.item.source)
-            if query.matches(MatchDoc.from_item(stored.item, source.tags if source else ())):
+            if query.matches(MatchDoc.from_item(stored.item, source.tags if source else (), at)):
                 total += 1
                 hits.append(stored)
     hits.sort(key=lambda x: x.item.published, reverse=True)
@@ -253,7 +306,7 @@ def cmd_build(args: argparse.Namespace, out: Console) -> int:
     with app.sessions() as s:
         stats = store.topic_stats(s)
         for topic in app.settings.topics:
-            items = store.topic_items(s, topic.name, limit=topic.limit, collapse=topic.collapse_duplicates)
+            items = store.topic_items(s, topic.name, limit=topic.limit, collapse=topic.collapse)
             st = stats.get(topic.name)
             for fmt in publish.FORMATS:
                 body = publish.render_feed(
@@ -312,7 +365,53 @@ def export_record(stored: StoredItem) -> dict[str, Any]:
         "image": item.image,
         "article_id": stored.article_id,
         "story_id": stored.story_id,
+        "flags": list(item.flags),
     }
+
+
+def cmd_explain(args: argparse.Namespace, out: Console) -> int:
+    """Why an item is where it is: identity key, article and story, the merge decisions, topics."""
+    app = open_app(load(args))
+    with app.sessions() as s:
+        found = store.explain_item(s, args.item)
+        if found is None:
+            raise AggregatorError(
+                f"explain: no stored item has the id {args.item!r} "
+                "(give the `id` that `export` and the feeds show, or the numeric row id)"
+            )
+        topics = sorted(store.item_topics(s, [found.item.id]).get(found.item.id, []))
+    for line in explain_lines(found, topics):
+        out.print(escape(line), highlight=False, soft_wrap=True)
+    return 0
+
+
+def explain_lines(x: store.Explanation, topics: Sequence[str]) -> list[str]:
+    def name(m: store.Member) -> str:
+        return f"item {m.id} ({m.source}: {m.title!r})"
+
+    me = x.item
+    lines = [
+        f"{name(me)}",
+        f"  uid {me.uid}; published {x.published.isoformat()}; first seen {x.first_seen.isoformat()}",
+        f"  identity key in {me.source}: {x.key}",
+        f"  article {x.article_id}: {len(x.article)} item(s) from "
+        f"{', '.join(sorted({m.source for m in x.article}))}",
+        f"  story {x.story_id}: {len(x.story)} item(s) from {', '.join(sorted({m.source for m in x.story}))}",
+    ]
+    lines.extend(f"    - {name(m)}" for m in x.story if m.id != me.id)
+    lines.append("  decisions:" if x.merges else "  decisions: none (no item joined it, nor it another)")
+    for m in x.merges:
+        verb = "article" if m.level == "article" else "story"
+        if m.item_id == me.id:
+            other = x.named.get(m.other_id)
+            who = name(other) if other else f"item {m.other_id}"
+            lines.append(f"    joined the {verb} of {who}: rule {m.rule}, similarity {m.similarity:.2f}")
+        else:
+            other = x.named.get(m.item_id)
+            who = name(other) if other else f"item {m.item_id}"
+            lines.append(f"    {who} joined its {verb}: rule {m.rule}, similarity {m.similarity:.2f}")
+    lines.append(f"  topics: {', '.join(topics) if topics else 'none'}")
+    return lines
 
 
 def cmd_db(args: argparse.Namespace, out: Console) -> int:
@@ -322,6 +421,37 @@ def cmd_db(args: argparse.Namespace, out: Console) -> int:
     store.upgrade(engine)
     out.print(f"database {settings.database}: schema {before or 'empty'} -> {head}")
     return 0
+
+
+def cmd_prune(args: argparse.Namespace, out: Console) -> int:
+    """Delete items older than the retention (``retention: {days: N}`` or ``--days N``); tombstones stay."""
+    settings = load(args)
+    days = args.days if args.days is not None else settings.retention.days
+    if days is None:
+        raise ConfigError(
+            f"{settings.path}: retention.days: not set, so `prune` keeps everything: "
+            "set `retention: {days: 90}` in the config or pass --days N"
+        )
+    app = open_app(settings)
+    at = now()
+    with app.sessions.begin() as s:
+        result = store.prune_items(s, at - timedelta(days=days), at, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    out.print(
+        f"{verb} {result.items} items published and first seen more than {days} days ago; "
+        f"{result.tombstones} tombstones keep them from coming back"
+    )
+    return 0
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of days >= 1, not {value!r}")
+    return number
 
 
 def cmd_run(args: argparse.Namespace, out: Console) -> int:
@@ -350,7 +480,9 @@ def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) 
     stop = threading.Event()
     server = None
     if with_web:
-        wsgi = create_app(settings.topics, app.sessions, settings.server.base_url)
+        wsgi = create_app(
+            settings.topics, app.sessions, settings.server.base_url, websub_hub=settings.websub_hub
+        )
         try:
             server = create_server(wsgi, host=settings.server.host, port=settings.server.port, threads=8)
         except OSError as e:
@@ -365,6 +497,9 @@ def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
         if server is not None:
+            # let requests in flight finish first: closing under a running task makes waitress log a
+            # traceback (its trigger pipe is gone when the task wakes the loop)
+            server.task_dispatcher.shutdown(timeout=2)
             server.close()  # makes server.run() return
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -434,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", metavar="NAME", help="poll this source (repeatable)")
     p.add_argument("--all", action="store_true", help="poll every enabled source, due or not")
     add("check-config", cmd_check_config, "validate the config file; exit 2 listing every problem")
-    add("sources", cmd_sources, "table of sources with their health")
+    p = add("sources", cmd_sources, "table of sources with their health")
+    p.add_argument("--history", metavar="NAME", help="the recent polls of one source, newest first")
     p = add("topics", cmd_topics, "list topics with item counts, or try a query with --test")
     p.add_argument("--test", metavar="QUERY", help="show the stored items a query would match")
     p = add("build", cmd_build, "write every topic feed as static files")
@@ -442,8 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", help="public URL the files will be served under (default server.base_url)")
     p = add("export", cmd_export, "every stored item as JSON Lines")
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    p = add("explain", cmd_explain, "why an item is where it is: identity, merges and their rule, topics")
+    p.add_argument("item", metavar="ITEM_ID", help="the item's public id (as in export and feeds) or row id")
     p = add("db", cmd_db, "database maintenance: `db upgrade` applies the schema migrations")
     p.add_argument("action", choices=["upgrade"])
+    p = add("prune", cmd_prune, "delete items older than the retention; tombstones keep them from returning")
+    p.add_argument("--days", type=_positive_int, metavar="N", help="days to keep (default retention.days)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     return parser
 
 
@@ -454,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = getattr(args, "verbose", False)
     func: Command = getattr(args, "func", cmd_run)
     quiet = func in (cmd_check_config, cmd_sources, cmd_topics, cmd_export, cmd_build, cmd_db, cmd_fetch)
+    quiet = quiet or func in (cmd_prune, cmd_explain)
     logging.basicConfig(
         level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

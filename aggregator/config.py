@@ -6,6 +6,7 @@ feeds or parse topic queries (the caller passes a query validator in).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -28,6 +29,7 @@ from pydantic import (
     PlainValidator,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 
 from aggregator.errors import ConfigError
@@ -35,6 +37,7 @@ from aggregator.model import Source, Topic
 
 __all__ = [
     "DEFAULT_DATABASE",
+    "RetentionSettings",
     "ServerSettings",
     "Settings",
     "WorkerSettings",
@@ -66,6 +69,13 @@ class ServerSettings:
 class WorkerSettings:
     tick: float = 5.0  # seconds between scheduler wake-ups
     threads: int = 4
+    per_host: int = 2  # requests in flight to one host at most, across all its sources
+    host_retry_after: bool = True  # a host's 429/503 Retry-After also holds back its other sources
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    days: int | None = None  # items older than this are pruned by `prune`; None keeps everything
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,8 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     sources: tuple[Source, ...] = ()
     topics: tuple[Topic, ...] = ()
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    websub_hub: str | None = None  # WebSub hub URL (Link rel="hub", publish pings)
 
     def source(self, name: str) -> Source:
         """The source called ``name``; KeyError if there is none."""
@@ -276,6 +288,17 @@ Slug = Annotated[
 ]
 TagList = Annotated[list[Annotated[str, AfterValidator(_slug("tag"))]], BeforeValidator(_none_as_empty_list)]
 StrList = Annotated[list[str], BeforeValidator(_none_as_empty_list)]
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression {value!r}: {e}") from None
+    return value
+
+
+RegexList = Annotated[list[Annotated[str, AfterValidator(_regex)]], BeforeValidator(_none_as_empty_list)]
 AnyList = Annotated[list[Any], BeforeValidator(_none_as_empty_list)]
 LanguageList = Annotated[
     list[Annotated[str, AfterValidator(_language)]], BeforeValidator(_none_as_empty_list)
@@ -295,6 +318,10 @@ class ServerConfig(_Section):
 class WorkerConfig(_Section):
     tick: Duration = Field(default=timedelta(seconds=5), description="seconds between scheduler wake-ups")
     threads: int = Field(default=4, ge=1, le=256, description="feeds fetched at once")
+    per_host: int = Field(default=2, ge=1, le=64, description="requests in flight to one host at most")
+    host_retry_after: bool = Field(
+        default=True, description="a host's 429/503 Retry-After also holds back its other sources"
+    )
 
 
 class DefaultsConfig(_Section):
@@ -302,6 +329,24 @@ class DefaultsConfig(_Section):
     timeout: Duration | None = None
     max_bytes: Size | None = None
     user_agent: str | None = None
+    min_interval: Interval | None = Field(default=None, description="never poll a source more often")
+    max_interval: Interval | None = Field(default=None, description="never poll a source less often")
+    allow_private: bool = Field(
+        default=False, description="let redirects lead into loopback, link-local or private addresses"
+    )
+
+    @model_validator(mode="after")
+    def _interval_range(self) -> DefaultsConfig:
+        model = Source(name="", url="")
+        low, high = self.min_interval or model.min_interval, self.max_interval or model.max_interval
+        if low > high:
+            raise ValueError(f"min_interval ({low}) is longer than max_interval ({high})")
+        return self
+
+
+class AuthConfig(_Section):
+    username: str
+    password_env: str = Field(description="name of the environment variable holding the password")
 
 
 class SourceConfig(_Section):
@@ -317,6 +362,12 @@ class SourceConfig(_Section):
     user_agent: str | None = None
     headers: Annotated[dict[str, str], BeforeValidator(_none_as_empty_mapping)] = {}
     enabled: bool = True
+    auth: AuthConfig | None = Field(
+        default=None, description="HTTP basic auth; the password from the environment"
+    )
+    allow_private: bool | None = None
+    strip_params: StrList = Field(default=[], description="more tracking query parameters to remove")
+    boilerplate: RegexList = Field(default=[], description="regexes of whole furniture lines to remove")
 
 
 class TopicSourcesConfig(_Section):
@@ -338,8 +389,22 @@ class TopicConfig(_Section):
     description: str | None = None
     sources: Annotated[TopicSourcesConfig, BeforeValidator(_topic_sources)] = TopicSourcesConfig()
     language: LanguageList = []
-    collapse_duplicates: bool = False
+    collapse_duplicates: bool | None = Field(default=None, description="alias: true = article, false = none")
     limit: int = Field(default=50, ge=1, le=1000)
+    exclude: Annotated[TopicSourcesConfig, BeforeValidator(_topic_sources)] = Field(
+        default=TopicSourcesConfig(), description="sources (names) and tags whose items never enter the topic"
+    )
+    min_length: int = Field(default=0, ge=0, description="leave out items with less plain text (characters)")
+    icon: Annotated[str, AfterValidator(_http_url)] | None = None
+    collapse: Literal["story", "article", "none"] | None = Field(
+        default=None, description="one entry per story, per article (the default), or every item"
+    )
+
+
+class WebSubConfig(_Section):
+    hub: Annotated[str, AfterValidator(_http_url)] | None = Field(
+        default=None, description="WebSub hub announced in feed Link headers and pinged on new items"
+    )
 
 
 class IncludedFile(_Section):
@@ -350,11 +415,17 @@ class IncludedFile(_Section):
     topics: AnyList = []
 
 
+class RetentionConfig(_Section):
+    days: int | None = Field(default=None, ge=1, description="prune items older than this many days")
+
+
 class MainFile(IncludedFile):
     database: Annotated[str, AfterValidator(_database_url)] = DEFAULT_DATABASE
     server: Annotated[ServerConfig, BeforeValidator(_none_as_empty_mapping)] = ServerConfig()
     worker: Annotated[WorkerConfig, BeforeValidator(_none_as_empty_mapping)] = WorkerConfig()
     defaults: Annotated[DefaultsConfig, BeforeValidator(_none_as_empty_mapping)] = DefaultsConfig()
+    retention: Annotated[RetentionConfig, BeforeValidator(_none_as_empty_mapping)] = RetentionConfig()
+    websub: Annotated[WebSubConfig, BeforeValidator(_none_as_empty_mapping)] = WebSubConfig()
 
 
 class ConfigFile(MainFile):
@@ -640,6 +711,7 @@ def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
     for part in loc:
         fields = getattr(current, "model_fields", {})
         current = fields[part].annotation if part in fields else None
+        current = next((a for a in get_args(current) if hasattr(a, "model_fields")), current)  # X | None
     return list(getattr(current, "model_fields", {}))
 
 
@@ -714,8 +786,33 @@ def _build_source(model: SourceConfig, defaults: DefaultsConfig, doc: _Doc) -> S
         tags=tuple(model.tags),
         headers=tuple(model.headers.items()),
         enabled=model.enabled,
+        strip_params=tuple(model.strip_params),
+        boilerplate=tuple(model.boilerplate),
         **options,
     )
+
+
+def _with_polite_options(source: Source, model: SourceConfig, defaults: DefaultsConfig) -> Source:
+    """min/max interval from the defaults; allow_private from the source, else the defaults."""
+    allow = model.allow_private if model.allow_private is not None else defaults.allow_private
+    return dataclasses.replace(
+        source,
+        allow_private=allow,
+        min_interval=defaults.min_interval or source.min_interval,
+        max_interval=defaults.max_interval or source.max_interval,
+    )
+
+
+def _with_auth(source: Source, model: SourceConfig, doc: _Doc, loc: Loc, ctx: _Context) -> Source:
+    """Basic auth: the password is read from the named environment variable, never from the file."""
+    if model.auth is None:
+        return source
+    name = model.auth.password_env
+    password = ctx.env.get(name)
+    if password is None:
+        ctx.add(doc, (*loc, "auth", "password_env"), f"environment variable {name} is not set")
+        return source
+    return dataclasses.replace(source, auth=(model.auth.username, password))
 
 
 def _collect_sources(
@@ -739,19 +836,21 @@ def _collect_sources(
             tags.update(t for t in (raw_tags if isinstance(raw_tags, list) else []) if isinstance(t, str))
             model = _validate(SourceConfig, raw, doc, ("sources", i), ctx)
             if model is not None:
-                sources.append(_build_source(model, defaults, doc))
+                source = _with_polite_options(_build_source(model, defaults, doc), model, defaults)
+                sources.append(_with_auth(source, model, doc, ("sources", i), ctx))
     return sources, names, tags
 
 
 def _raw_refs(raw: dict[str, Any]) -> Iterator[tuple[Loc, str, str]]:
-    """(loc, "source" or "tag", value) for each reference in a topic's ``sources``, valid or not."""
-    value = raw.get("sources")
-    lists = {"names": value} if isinstance(value, list) else value if isinstance(value, dict) else {}
-    for key, kind in (("names", "source"), ("tags", "tag")):
-        items = lists.get(key)
-        for j, ref in enumerate(items if isinstance(items, list) else []):
-            if isinstance(ref, str):
-                yield ("sources", j) if isinstance(value, list) else ("sources", key, j), kind, ref
+    """(loc, "source" or "tag", value) for each reference in a topic's ``sources`` and ``exclude``."""
+    for option in ("sources", "exclude"):
+        value = raw.get(option)
+        lists = {"names": value} if isinstance(value, list) else value if isinstance(value, dict) else {}
+        for key, kind in (("names", "source"), ("tags", "tag")):
+            items = lists.get(key)
+            for j, ref in enumerate(items if isinstance(items, list) else []):
+                if isinstance(ref, str):
+                    yield (option, j) if isinstance(value, list) else (option, key, j), kind, ref
 
 
 def _check_topic(
@@ -802,9 +901,23 @@ def _build_topic(model: TopicConfig) -> Topic:
         sources=tuple(model.sources.names),
         tags=tuple(model.sources.tags),
         language=tuple(model.language),
-        collapse_duplicates=model.collapse_duplicates,
+        collapse_duplicates=_collapse(model) != "none",
         limit=model.limit,
+        exclude_sources=tuple(model.exclude.names),
+        exclude_tags=tuple(model.exclude.tags),
+        min_length=model.min_length,
+        icon=model.icon,
+        collapse=_collapse(model),
     )
+
+
+def _collapse(model: TopicConfig) -> str:
+    """``collapse`` wins; ``collapse_duplicates: true`` is an alias of article, false of none."""
+    if model.collapse is not None:
+        return model.collapse
+    if model.collapse_duplicates is not None:
+        return "article" if model.collapse_duplicates else "none"
+    return "article"
 
 
 def load_config(
@@ -830,5 +943,13 @@ def load_config(
         lines = [text for _, _, text in sorted(ctx.problems, key=lambda p: (p[0], p[1]))]
         raise ConfigError(f"{display}: {count} problem{'s' * (count != 1)}", lines)
     server = ServerSettings(shell.server.host, shell.server.port, shell.server.base_url or "")
-    worker = WorkerSettings(shell.worker.tick.total_seconds(), shell.worker.threads)
-    return Settings(main.path, shell.database, server, worker, tuple(sources), tuple(topics))
+    worker = WorkerSettings(
+        shell.worker.tick.total_seconds(),
+        shell.worker.threads,
+        per_host=shell.worker.per_host,
+        host_retry_after=shell.worker.host_retry_after,
+    )
+    retention = RetentionSettings(shell.retention.days)
+    return Settings(
+        main.path, shell.database, server, worker, tuple(sources), tuple(topics), retention, shell.websub.hub
+    )

@@ -1,25 +1,36 @@
 """Retrieve a source's document over HTTP(S) or from a file:// URL: the only user of requests.
 
-Conditional GET, (connect, read) timeouts plus a total deadline, a body-size cap enforced while streaming,
-redirects followed by hand and recorded. Every failure becomes one FetchError; nothing here parses feeds.
+Conditional GET, (connect, read) timeouts plus a total deadline, body-size caps enforced while streaming
+and after decompression (gzip, deflate, brotli), redirects followed by hand and recorded (into private
+address ranges only when allowed), a per-host concurrency limit and per-host Retry-After. Every failure
+becomes one FetchError; nothing here parses feeds or decides schedules.
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import ipaddress
 import os
 import socket
 import ssl
+import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
+import brotli
 import requests
 from requests.adapters import HTTPAdapter
-from requests.models import DecodeError, ProtocolError, ReadTimeoutError
+from requests.models import ProtocolError, ReadTimeoutError
 from requests.structures import CaseInsensitiveDict
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from aggregator.errors import FetchError
 from aggregator.model import FetchResult, FetchState, Source
@@ -28,21 +39,192 @@ ACCEPT = (
     "application/rss+xml, application/atom+xml, application/feed+json, "
     "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.8"
 )
+ACCEPT_ENCODING = "gzip, deflate, br"
 MAX_REDIRECTS = 5
 CHUNK_SIZE = 64 * 1024
+RETRY_STATUSES = (429, 503)  # statuses whose Retry-After is honoured
+MAX_HOST_HOLD = 24 * 3600.0  # a host's Retry-After holds its other sources back at most this long
+
+
+class HTTPStatusError(FetchError):
+    """The server answered with an error status; ``retry_after`` is its Retry-After header, if any."""
+
+    def __init__(self, message: str, *, status: int | None, url: str, retry_after: str | None = None) -> None:
+        super().__init__(message, status=status, url=url)
+        self.retry_after = retry_after
+
+
+# --- private address ranges ----------------------------------------------------------------------
+
+
+def address_allowed(address: str, *, allow_private: bool = False) -> bool:
+    """May a redirect lead to ``address`` (an IP literal)? Loopback, link-local, private, shared (CGNAT),
+    multicast, reserved and unspecified addresses are refused unless ``allow_private``."""
+    if allow_private:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False  # not an address at all: refuse rather than guess
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_loopback)
+
+
+class RefusedAddress(OSError):
+    """A connection to an address the redirect policy does not allow (raised before any byte is sent)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"{address} is a loopback, link-local or private address")
+        self.address = address
+
+
+_guard = threading.local()  # the address check in force for connections this thread opens
+
+
+def _check_peer(sock: socket.socket) -> None:
+    check: Callable[[str], bool] | None = getattr(_guard, "check", None)
+    if check is None:
+        return
+    address = str(sock.getpeername()[0])
+    if not check(address):
+        sock.close()
+        raise RefusedAddress(address)
+
+
+class _GuardedHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _check_peer(sock)  # enforced at connect time: DNS answers cannot slip past a check made earlier
+        return sock
+
+
+class _GuardedHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _check_peer(sock)
+        return sock
+
+
+class _GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+
+
+def _refuse_private(source: Source, url: str, origin: str) -> None:
+    """Before a redirect hop: refuse a host whose addresses are not allowed (a pooled connection is
+    reused without a new connect, so the connect-time check alone would not see it)."""
+    parts = urlsplit(url)
+    try:
+        infos = socket.getaddrinfo(parts.hostname or "", parts.port or 80, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise FetchError(
+            f"source {source.name!r}: DNS lookup failed (host name not found) for {url}", url=url
+        ) from e
+    for info in infos:
+        address = str(info[4][0])
+        if not address_allowed(address, allow_private=source.allow_private):
+            raise _refused(source, url, origin, address)
+
+
+def _refused(source: Source, url: str, origin: str, address: str) -> FetchError:
+    return FetchError(
+        f"source {source.name!r}: redirect from {origin} to {url} refused: {address} is a loopback, "
+        "link-local or private address (set allow_private: true on the source if this is intended)",
+        url=url,
+    )
+
+
+@contextmanager
+def _guarded(source: Source, enabled: bool) -> Iterator[None]:
+    _guard.check = (lambda a: address_allowed(a, allow_private=source.allow_private)) if enabled else None
+    try:
+        yield
+    finally:
+        _guard.check = None
+
+
+# --- per-host limits -------------------------------------------------------------------------------
+
+
+class HostLimits:
+    """Shared by every fetch of the process: at most ``per_host`` requests in flight to one host name,
+    and, when ``host_retry_after``, a host's 429/503 Retry-After holds back its other sources too."""
+
+    def __init__(self, per_host: int = 2, *, host_retry_after: bool = True) -> None:
+        self.per_host = per_host
+        self.host_retry_after = host_retry_after
+        self._lock = threading.Lock()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._held: dict[str, float] = {}  # host -> wall-clock time before which it is not contacted
+
+    @contextmanager
+    def slot(self, host: str, timeout: float | None) -> Iterator[bool]:
+        """Hold one of the host's slots; yields False if none came free within ``timeout`` seconds."""
+        with self._lock:
+            semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(self.per_host))
+        acquired = semaphore.acquire(timeout=timeout)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                semaphore.release()
+
+    def hold(self, host: str, retry_after: str | None) -> None:
+        seconds = retry_after_seconds(retry_after, time.time())
+        if self.host_retry_after and seconds:
+            with self._lock:
+                until = time.time() + min(seconds, MAX_HOST_HOLD)
+                self._held[host] = max(until, self._held.get(host, 0.0))
+
+    def held_until(self, host: str) -> float | None:
+        with self._lock:
+            until = self._held.get(host)
+        return until if until is not None and until > time.time() else None
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or an HTTP-date); None if unreadable."""
+    text = (value or "").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now) if when.tzinfo else None
+
+
+# --- fetching --------------------------------------------------------------------------------------
 
 
 def make_session(pool_size: int = 10) -> requests.Session:
-    """One Session for the whole process: pooled keep-alive connections, no automatic retries."""
+    """One Session for the whole process: pooled keep-alive connections, no automatic retries, and
+    connections that check the peer address when a redirect has left the source's own host."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+    adapter = _Adapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.max_redirects = MAX_REDIRECTS  # redirects are followed in fetch(); kept for other callers
     return session
 
 
-def fetch(session: requests.Session, source: Source, state: FetchState | None = None) -> FetchResult:
+def fetch(
+    session: requests.Session,
+    source: Source,
+    state: FetchState | None = None,
+    *,
+    limits: HostLimits | None = None,
+) -> FetchResult:
     """Fetch ``state.url`` (the last effective URL) or ``source.url``; raise FetchError on any failure."""
     url = state.url if state else source.url
     scheme = urlsplit(url).scheme.lower()
@@ -50,7 +232,7 @@ def fetch(session: requests.Session, source: Source, state: FetchState | None = 
         return _fetch_file(source, url, state)
     if scheme not in ("http", "https"):
         raise FetchError(f"source {source.name!r}: unsupported URL scheme {scheme!r} in {url}", url=url)
-    return _fetch_http(session, source, url, state)
+    return _fetch_http(session, source, url, state, limits or HostLimits(per_host=1_000_000))
 
 
 # --- HTTP -----------------------------------------------------------------------------------------
@@ -58,8 +240,12 @@ def fetch(session: requests.Session, source: Source, state: FetchState | None = 
 
 def _request_headers(source: Source, state: FetchState | None) -> CaseInsensitiveDict[str]:
     headers = CaseInsensitiveDict(
-        {"User-Agent": source.user_agent, "Accept": ACCEPT, "Accept-Encoding": "gzip, deflate"}
+        {"User-Agent": source.user_agent, "Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING}
     )
+    if source.auth is not None:
+        user, password = source.auth
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {token}"
     headers.update(source.headers)  # the source's own headers win
     if state and state.etag:
         headers["If-None-Match"] = state.etag
@@ -68,18 +254,15 @@ def _request_headers(source: Source, state: FetchState | None) -> CaseInsensitiv
     return headers
 
 
-def _fetch_http(session: requests.Session, source: Source, url: str, state: FetchState | None) -> FetchResult:
-    deadline = time.monotonic() + source.timeout
+def _fetch_http(
+    session: requests.Session, source: Source, url: str, state: FetchState | None, limits: HostLimits
+) -> FetchResult:
     headers = _request_headers(source, state)
     redirects: list[tuple[int, str]] = []
     current = url
+    deadline: float | None = None  # starts once the first slot at the host is ours
     while True:
-        try:
-            result = _one_hop(session, source, current, headers, state, deadline)
-        except requests.RequestException as e:
-            raise FetchError(
-                f"source {source.name!r}: {describe_error(e)} fetching {current}", url=current
-            ) from e
+        result = _limited_hop(session, source, current, headers, state, limits, deadline, url)
         if isinstance(result, FetchResult):
             return FetchResult(
                 url=result.url,
@@ -90,24 +273,81 @@ def _fetch_http(session: requests.Session, source: Source, url: str, state: Fetc
                 last_modified=result.last_modified,
                 redirects=tuple(redirects),
             )
-        status, location = result
+        status, location, deadline = result
         redirects.append((status, location))
-        if len(redirects) > MAX_REDIRECTS:
-            raise FetchError(
-                f"source {source.name!r}: too many redirects (more than {MAX_REDIRECTS}) from {url}",
-                status=status,
-                url=current,
-            )
-        if urlsplit(location).scheme.lower() not in ("http", "https"):
-            raise FetchError(
-                f"source {source.name!r}: redirect to unsupported URL {location} from {current}",
-                status=status,
-                url=current,
-            )
+        _check_redirect(source, url, current, status, location, len(redirects))
         if urlsplit(location).netloc != urlsplit(current).netloc:
             headers.pop("Authorization", None)  # never send credentials to another host
             headers.pop("Cookie", None)
         current = location
+
+
+def _check_redirect(source: Source, url: str, current: str, status: int, location: str, hops: int) -> None:
+    if hops > MAX_REDIRECTS:
+        raise FetchError(
+            f"source {source.name!r}: too many redirects (more than {MAX_REDIRECTS}) from {url}",
+            status=status,
+            url=current,
+        )
+    if urlsplit(location).scheme.lower() not in ("http", "https"):
+        raise FetchError(
+            f"source {source.name!r}: redirect to unsupported URL {location} from {current}",
+            status=status,
+            url=current,
+        )
+    if _left_home(url, location) and not source.allow_private:
+        _refuse_private(source, location, current)
+
+
+def _left_home(url: str, current: str) -> bool:
+    """Has a redirect taken the fetch to another host (or port) than the configured one?"""
+    return urlsplit(url).netloc.lower() != urlsplit(current).netloc.lower()
+
+
+def _limited_hop(
+    session: requests.Session,
+    source: Source,
+    url: str,
+    headers: CaseInsensitiveDict[str],
+    state: FetchState | None,
+    limits: HostLimits,
+    deadline: float | None,
+    origin: str,
+) -> FetchResult | tuple[int, str, float]:
+    """One hop inside the host's concurrency slot and Retry-After hold; maps requests' errors."""
+    host = (urlsplit(url).hostname or "").lower()
+    _check_held(source, url, host, limits)
+    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+    with limits.slot(host, wait) as acquired:
+        if not acquired:
+            raise FetchError(
+                f"source {source.name!r}: deadline exceeded waiting for a free connection to {host}", url=url
+            )
+        deadline = deadline if deadline is not None else time.monotonic() + source.timeout
+        try:
+            with _guarded(source, _left_home(origin, url) and not source.allow_private):
+                return _one_hop(session, source, url, headers, state, deadline)
+        except HTTPStatusError as e:
+            if e.status in RETRY_STATUSES:
+                limits.hold(host, e.retry_after)
+            raise
+        except requests.RequestException as e:
+            refused = next((c for c in _causes(e) if isinstance(c, RefusedAddress)), None)
+            if refused is not None:
+                raise _refused(source, url, origin, refused.address) from e
+            raise FetchError(f"source {source.name!r}: {describe_error(e)} fetching {url}", url=url) from e
+
+
+def _check_held(source: Source, url: str, host: str, limits: HostLimits) -> None:
+    until = limits.held_until(host)
+    if until is not None:
+        when = email.utils.formatdate(until, usegmt=True)
+        raise HTTPStatusError(
+            f"source {source.name!r}: {host} asked for a pause (Retry-After) until {when}; not contacted",
+            status=None,
+            url=url,
+            retry_after=when,
+        )
 
 
 def _one_hop(
@@ -117,13 +357,13 @@ def _one_hop(
     headers: CaseInsensitiveDict[str],
     state: FetchState | None,
     deadline: float,
-) -> FetchResult | tuple[int, str]:
-    """One GET: a final FetchResult, or (status, absolute location) for a redirect."""
+) -> FetchResult | tuple[int, str, float]:
+    """One GET: a final FetchResult, or (status, absolute location, deadline) for a redirect."""
     remaining = _remaining(source, url, deadline)
     timeout = (min(source.timeout, remaining), min(source.timeout, remaining))
     with session.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False) as resp:
         if resp.is_redirect:
-            return resp.status_code, urljoin(url, resp.headers["location"])
+            return resp.status_code, urljoin(url, resp.headers["location"]), deadline
         etag = resp.headers.get("etag")
         last_modified = resp.headers.get("last-modified")
         if resp.status_code == 304:
@@ -135,10 +375,7 @@ def _one_hop(
                 last_modified=last_modified or (state.last_modified if state else None),
             )
         if not 200 <= resp.status_code < 300:
-            reason = f"{resp.status_code} {_phrase(resp)}".rstrip()
-            raise FetchError(
-                f"source {source.name!r}: HTTP {reason} from {url}", status=resp.status_code, url=url
-            )
+            raise _status_error(source, url, resp)
         body = _read_body(resp, source, url, deadline)
         return FetchResult(
             url=url,
@@ -148,6 +385,18 @@ def _one_hop(
             etag=etag,
             last_modified=last_modified,
         )
+
+
+def _status_error(source: Source, url: str, resp: requests.Response) -> HTTPStatusError:
+    reason = f"{resp.status_code} {_phrase(resp)}".rstrip()
+    retry_after = resp.headers.get("retry-after") if resp.status_code in RETRY_STATUSES else None
+    hint = f" (Retry-After: {retry_after})" if retry_after else ""
+    return HTTPStatusError(
+        f"source {source.name!r}: HTTP {reason} from {url}{hint}",
+        status=resp.status_code,
+        url=url,
+        retry_after=retry_after,
+    )
 
 
 def _phrase(resp: requests.Response) -> str:
@@ -174,7 +423,8 @@ def _remaining(source: Source, url: str, deadline: float) -> float:
 
 
 def _read_body(resp: requests.Response, source: Source, url: str, deadline: float) -> bytes:
-    """Stream the (decoded) body, enforcing the size cap and the deadline between reads."""
+    """Stream the body, enforcing the size cap on the bytes received and again on the decompressed
+    bytes (a gzip bomb is cut as soon as it inflates past the cap), and the deadline between reads."""
     too_large = FetchError(
         f"source {source.name!r}: response exceeds {source.max_bytes} bytes from {url}",
         status=resp.status_code,
@@ -183,25 +433,80 @@ def _read_body(resp: requests.Response, source: Source, url: str, deadline: floa
     declared = resp.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > source.max_bytes:
         raise too_large
+    decoder = _Decoder(source, url, resp.headers.get("content-encoding", ""))
     chunks: list[bytes] = []
-    size = 0
+    received = size = 0
     for chunk in _chunks(resp, lambda: _remaining(source, url, deadline)):
-        size += len(chunk)
+        received += len(chunk)
+        if received > source.max_bytes:
+            raise too_large
+        data = decoder.decode(chunk, source.max_bytes - size)
+        size += len(data)
         if size > source.max_bytes:
             raise too_large
-        chunks.append(chunk)
+        chunks.append(data)
+    chunks.append(decoder.flush())
     return b"".join(chunks)
 
 
+class _Decoder:
+    """Content-Encoding (identity, gzip, deflate, br) decoded with bounded output: a call never returns
+    more than ``room + 1`` bytes, however small the input."""
+
+    def __init__(self, source: Source, url: str, header: str) -> None:
+        codings = [c.strip().lower() for c in header.split(",") if c.strip().lower() not in ("", "identity")]
+        self.error = FetchError(f"source {source.name!r}: could not decode the compressed body from {url}")
+        if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate", "br")):
+            raise FetchError(
+                f"source {source.name!r}: unsupported Content-Encoding {header!r} from {url}", url=url
+            )
+        self.coding = codings[0] if codings else ""
+        self.started = False
+        self.zlib: Any = None
+        self.brotli: Any = brotli.Decompressor() if self.coding == "br" else None
+        if self.coding in ("gzip", "x-gzip"):
+            self.zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif self.coding == "deflate":
+            self.zlib = zlib.decompressobj()
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        limit = max(room, 0) + 1
+        try:
+            if self.brotli is not None:
+                return bytes(self.brotli.process(data, output_buffer_limit=limit))
+            if self.zlib is not None:
+                return self._inflate(data, limit)
+        except (zlib.error, brotli.error) as e:
+            raise self.error from e
+        return data
+
+    def _inflate(self, data: bytes, limit: int) -> bytes:
+        try:
+            out: bytes = self.zlib.decompress(data, limit)
+        except zlib.error:
+            if self.coding != "deflate" or self.started:
+                raise
+            self.zlib = zlib.decompressobj(-zlib.MAX_WBITS)  # "deflate" sent as a raw stream
+            out = self.zlib.decompress(data, limit)
+        self.started = True
+        return out
+
+    def flush(self) -> bytes:
+        try:
+            return bytes(self.zlib.flush()) if self.zlib is not None else b""
+        except zlib.error as e:
+            raise self.error from e
+
+
 def _chunks(resp: requests.Response, remaining: Callable[[], float]) -> Iterator[bytes]:
-    """Like ``resp.iter_content()``, but each read returns what has arrived (``read1``) and waits at most
-    until the deadline, so a server dripping bytes cannot hold the transfer open. ``remaining()`` gives
-    the seconds left and raises FetchError when there are none."""
+    """The raw (still compressed) body as it arrives: each read returns what has come (``read1``) and
+    waits at most until the deadline, so a server dripping bytes cannot hold the transfer open.
+    ``remaining()`` gives the seconds left and raises FetchError when there are none."""
     raw = resp.raw  # urllib3 >= 2.3 (read1)
     try:
         while True:
             _set_socket_timeout(resp, remaining())
-            chunk = raw.read1(CHUNK_SIZE, decode_content=True)
+            chunk = raw.read1(CHUNK_SIZE, decode_content=False)
             if not chunk:
                 return
             yield chunk
@@ -211,8 +516,6 @@ def _chunks(resp: requests.Response, remaining: Callable[[], float]) -> Iterator
         raise requests.ConnectionError(e) from e
     except ProtocolError as e:
         raise requests.exceptions.ChunkedEncodingError(e) from e
-    except DecodeError as e:
-        raise requests.exceptions.ContentDecodingError(e) from e
 
 
 def _set_socket_timeout(resp: requests.Response, seconds: float) -> None:

@@ -37,6 +37,12 @@ class Source:
     user_agent: str = DEFAULT_USER_AGENT
     headers: tuple[tuple[str, str], ...] = ()
     enabled: bool = True
+    auth: tuple[str, str] | None = None  # HTTP basic auth (user, password), sent to this host only
+    allow_private: bool = False  # may redirects lead into loopback, link-local or private addresses?
+    min_interval: timedelta = timedelta(minutes=1)  # the scheduler never polls more often than this
+    max_interval: timedelta = timedelta(hours=24)  # nor less often than this (backoff excepted)
+    strip_params: tuple[str, ...] = ()  # more tracking query parameters to drop from its URLs
+    boilerplate: tuple[str, ...] = ()  # regexes of its own furniture lines (whole-line matches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +58,11 @@ class Topic:
     language: tuple[str, ...] = ()  # only items in these languages (empty: all)
     collapse_duplicates: bool = False  # one entry per article seen from several sources
     limit: int = 50
+    exclude_sources: tuple[str, ...] = ()  # never these source names
+    exclude_tags: tuple[str, ...] = ()  # never sources carrying one of these tags
+    min_length: int = 0  # items whose plain text is shorter (in characters) are left out
+    icon: str | None = None  # feed icon/logo URL
+    collapse: str = "article"  # "story": one entry per story; "article": one per article; "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +73,8 @@ class FetchState:
     etag: str | None = None
     last_modified: str | None = None
     errors: int = 0  # consecutive failed polls so far (drives the backoff)
+    body_hash: str | None = None  # sha256 of the last body parsed (skips parsing an identical one)
+    redirect_candidate: str | None = None  # a 301/308 target seen once, persisted when seen again
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +103,8 @@ class FeedMeta:
     description: str | None = None
     language: str | None = None
     version: str | None = None  # feedparser's name: rss20, atom10, json11, ...
+    ttl: timedelta | None = None  # RSS <ttl>: how long the publisher says the feed may be cached
+    update_every: timedelta | None = None  # sy:updatePeriod / sy:updateFrequency
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +156,7 @@ class Item:
     categories: tuple[str, ...] = ()
     enclosures: tuple[Enclosure, ...] = ()
     image: str | None = None
+    flags: tuple[str, ...] = ()  # what normalization or identity had to fix: see normalize.FLAGS
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +170,17 @@ class StoredItem:
     source_link: str | None = None  # the outlet's site link
     article_id: int | None = None  # shared by items of several sources carrying one article
     story_id: int | None = None
+    also: tuple[Sighting, ...] = ()  # other outlets' items of the same story (collapse: story)
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """Another outlet's item of the same story, listed under the entry that stands for the story."""
+
+    source: str
+    source_title: str | None
+    title: str
+    url: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +197,10 @@ class PollOutcome:
     error: str | None = None
     problem: str | None = None  # a recoverable parse problem (bozo) worth showing
     duration: float = 0.0
+    bytes: int = 0  # body size received (decoded)
+    unchanged: int = 0  # entries stored before and not changed
+    due_reason: str | None = None  # which scheduling rule set ``next_due``
+    retired: bool = False  # 410 Gone: polling stops until the operator changes the source
 
     @property
     def ok(self) -> bool:
@@ -184,7 +215,7 @@ class SourceHealth:
     url: str
     effective_url: str | None
     enabled: bool
-    status: str  # "new", "ok", "error"
+    status: str  # "new", "ok", "erroring", "backing off", "retired", "disabled"
     last_fetch: datetime | None
     last_http_status: int | None
     error_count: int
@@ -192,3 +223,7 @@ class SourceHealth:
     items: int
     last_new: int
     next_due: datetime | None
+    due_reason: str | None = None  # which scheduling rule set ``next_due``
+    url_reason: str | None = None  # why ``effective_url`` differs from ``url``
+    retired: bool = False
+    last_entries: int = 0  # entries in the last successful document

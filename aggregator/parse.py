@@ -16,7 +16,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin
@@ -92,9 +92,25 @@ def _parse_with_feedparser(
         description=_str(feed.get("subtitle")),
         language=_str(feed.get("language")),
         version=version,
+        **_feed_timing(feed),
     )
     raws = tuple(_raw_entry(e, url=url, feed_language=meta.language) for e in entries)
     return ParsedFeed(meta=meta, entries=raws, problem=problem)
+
+
+_SY_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 604800, "monthly": 2592000, "yearly": 31536000}
+
+
+def _feed_timing(feed: Mapping[str, Any]) -> dict[str, timedelta | None]:
+    """RSS <ttl> (minutes) and sy:updatePeriod / sy:updateFrequency as durations; junk is ignored."""
+    ttl = str(feed.get("ttl") or "").strip()
+    period = _SY_PERIODS.get(str(feed.get("sy_updateperiod") or "").strip().lower())
+    frequency = str(feed.get("sy_updatefrequency") or "1").strip()
+    times = int(frequency) if frequency.isdigit() and int(frequency) > 0 else 1
+    return {
+        "ttl": timedelta(minutes=int(ttl)) if ttl.isdigit() and 0 < int(ttl) < 10**6 else None,
+        "update_every": timedelta(seconds=period / times) if period else None,
+    }
 
 
 def _bozo_message(d: Mapping[str, Any], body: bytes, content_type: str | None) -> str | None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import store
+from aggregator.dedup import disambiguate, repeated_keys
 from aggregator.errors import AggregatorError
 from aggregator.model import (
     FeedMeta,
@@ -31,7 +32,8 @@ from aggregator.model import (
 )
 from aggregator.normalize import normalize_entry
 from aggregator.parse import parse_feed
-from aggregator.schedule import next_due
+from aggregator.schedule import Due, Hints, http_hints, parse_retry_after, plan
+from aggregator.stories import StoryParams
 from aggregator.topics import MatchDoc, TopicMatcher
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class Context:
     sessions: sessionmaker[Session]
     fetch: Fetcher
     matchers: dict[str, TopicMatcher] = field(default_factory=dict)
+    # called after the commit with the names of the topics that gained items (a WebSub ping)
+    on_topics_changed: Callable[[Sequence[str]], None] | None = None
+    stories: StoryParams = field(default_factory=StoryParams)  # syndication and story thresholds
 
     @classmethod
     def build(
@@ -56,6 +61,7 @@ class Context:
         topics: Sequence[Topic],
         sessions: sessionmaker[Session],
         fetch: Fetcher,
+        on_topics_changed: Callable[[Sequence[str]], None] | None = None,
     ) -> Context:
         return cls(
             sources={s.name: s for s in sources},
@@ -63,6 +69,7 @@ class Context:
             sessions=sessions,
             fetch=fetch,
             matchers={t.name: TopicMatcher(t) for t in topics},
+            on_topics_changed=on_topics_changed,
         )
 
 
@@ -74,7 +81,7 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
         state = store.fetch_state(s, name)
     try:
         result = ctx.fetch(source, state)
-        if result.not_modified:
+        if result.not_modified or _same_body(result, state):
             return _not_modified(ctx, source, result, state, started, now)
         parsed = parse_feed(
             result.body, url=result.url, content_type=result.headers.get("content-type"), source=name
@@ -82,7 +89,8 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
         items, problem = _normalize(source, parsed.meta, parsed.entries, result.url, now)
         problem = "; ".join(p for p in (parsed.problem, problem) if p) or None
     except AggregatorError as e:
-        return _failed(ctx, source, state, started, now, str(e), getattr(e, "status", None))
+        status, retry_after = getattr(e, "status", None), getattr(e, "retry_after", None)
+        return _failed(ctx, source, state, started, now, str(e), status, retry_after)
     except Exception as e:  # a bug must not stop the other sources: record it, log the traceback
         log.exception("source %r: unexpected error", name)
         message = f"source {name!r}: internal error: {type(e).__name__}: {e}"
@@ -121,23 +129,44 @@ def _store(
     started: float,
     now: datetime,
 ) -> PollOutcome:
+    gained: set[str] = set()
     with ctx.sessions.begin() as s:
-        saved = store.save_items(s, source.name, items, now)
-        match_items(ctx, s, saved.new, saved.updated, now)
+        distinct = disambiguate(items, store.item_urls(s, source.name, repeated_keys(items)))
+        saved = store.save_items(s, source.name, distinct, now)
+        store.link_items(s, saved.new, saved.updated, now, ctx.stories)
+        match_items(ctx, s, saved.new, saved.updated, now, gained)
+        due = _plan(s, source, now, headers=result.headers, meta=meta)
         outcome = PollOutcome(
             source.name,
             "updated" if saved.new or saved.updated else "unchanged",
-            next_due(source, now),
+            due.at,
             http_status=result.status,
             entries=len(items),
             new=len(saved.new),
             updated=len(saved.updated),
             problem=problem,
             duration=time.monotonic() - started,
+            bytes=len(result.body),
+            unchanged=saved.unchanged,
+            due_reason=due.reason,
         )
-        store.record_poll(s, outcome, now=now, state=_validators(result, state, source), meta=meta)
+        validators, moved = _validators(result, state, source, _hash(result.body))
+        store.record_poll(s, outcome, now=now, state=validators, meta=meta, url_reason=moved)
     _log(outcome)
+    notify_topics(ctx, gained)
     return outcome
+
+
+def notify_topics(ctx: Context, names: Iterable[str]) -> None:
+    """Tell ``ctx.on_topics_changed`` which topics gained items; outside any transaction, and a
+    failure is logged, never raised (a hub being down must not fail a poll)."""
+    gained = sorted(names)
+    if not gained or ctx.on_topics_changed is None:
+        return
+    try:
+        ctx.on_topics_changed(gained)
+    except Exception:
+        log.exception("topics %s: change notification failed", ", ".join(gained))
 
 
 def match_items(
@@ -146,10 +175,13 @@ def match_items(
     new: Sequence[tuple[int, Item]],
     updated: Sequence[tuple[int, Item]],
     now: datetime,
+    gained: set[str] | None = None,
 ) -> int:
-    """Decide topic memberships for freshly stored items; a changed item may also leave a topic."""
+    """Decide topic memberships for freshly stored items; a changed item may also leave a topic.
+    The names of the topics that gained members are added to ``gained``."""
     changed = {item_id for item_id, _ in updated}
-    return _apply_topics(ctx, s, ctx.topics, _match_docs(ctx, [*new, *updated]), now, changed)
+    docs = _match_docs(ctx, [*new, *updated], now)
+    return _apply_topics(ctx, s, ctx.topics, docs, now, changed, gained)
 
 
 def backfill_topics(ctx: Context, names: Sequence[str], now: datetime, *, batch: int = 500) -> int:
@@ -163,9 +195,9 @@ def backfill_topics(ctx: Context, names: Sequence[str], now: datetime, *, batch:
         for stored in store.stored_items(s, batch=batch):
             pending.append(stored)
             if len(pending) >= batch:
-                matched += _apply_topics(ctx, s, wanted, _match_docs(ctx, _pairs(pending)), now, set())
+                matched += _apply_topics(ctx, s, wanted, _match_docs(ctx, _pairs(pending), now), now, set())
                 pending = []
-        matched += _apply_topics(ctx, s, wanted, _match_docs(ctx, _pairs(pending)), now, set())
+        matched += _apply_topics(ctx, s, wanted, _match_docs(ctx, _pairs(pending), now), now, set())
     return matched
 
 
@@ -176,18 +208,24 @@ def _pairs(batch: Sequence[StoredItem]) -> list[tuple[int, Item]]:
 _Doc = tuple[int, Item, tuple[str, ...], MatchDoc]
 
 
-def _match_docs(ctx: Context, pairs: Sequence[tuple[int, Item]]) -> list[_Doc]:
-    """Prepare each item once for matching against every topic."""
+def _match_docs(ctx: Context, pairs: Sequence[tuple[int, Item]], now: datetime) -> list[_Doc]:
+    """Prepare each item once for matching against every topic (``now`` anchors relative dates)."""
     docs = []
     for item_id, item in pairs:
         source = ctx.sources.get(item.source)
         tags = source.tags if source else ()
-        docs.append((item_id, item, tags, MatchDoc.from_item(item, tags)))
+        docs.append((item_id, item, tags, MatchDoc.from_item(item, tags, now)))
     return docs
 
 
 def _apply_topics(
-    ctx: Context, s: Session, topics: Sequence[Topic], docs: Sequence[_Doc], now: datetime, changed: set[int]
+    ctx: Context,
+    s: Session,
+    topics: Sequence[Topic],
+    docs: Sequence[_Doc],
+    now: datetime,
+    changed: set[int],
+    gained: set[str] | None = None,
 ) -> int:
     matched = 0
     for topic in topics:
@@ -198,7 +236,10 @@ def _apply_topics(
                 hits.append(item_id)
             elif item_id in changed:
                 gone.append(item_id)
-        matched += store.add_topic_items(s, topic.name, hits, now)
+        added = store.add_topic_items(s, topic.name, hits, now)
+        if added and gained is not None:
+            gained.add(topic.name)
+        matched += added
         store.remove_topic_items(s, topic.name, gone)
     return matched
 
@@ -209,26 +250,67 @@ def topic_definitions(topics: Sequence[Topic], sources: Iterable[Source]) -> dic
     return {t.name: hashlib.sha256(f"{t!r}|{tags}".encode()).hexdigest() for t in topics}
 
 
-def _validators(result: FetchResult, state: FetchState | None, source: Source) -> FetchState:
-    """What to send next time: the validators just received, else the ones we had."""
+def _hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _same_body(result: FetchResult, state: FetchState | None) -> bool:
+    """A body identical to the last one stored: nothing to parse (servers without validators)."""
+    return bool(state and state.body_hash and result.status == 200 and _hash(result.body) == state.body_hash)
+
+
+def _plan(
+    s: Session,
+    source: Source,
+    now: datetime,
+    *,
+    errors: int = 0,
+    headers: Mapping[str, str] | None = None,
+    meta: FeedMeta | None = None,
+    retry_after: str | None = None,
+) -> Due:
+    """Gather the scheduling inputs (this poll's hints, the stored feed hints and posting times)."""
+    stored = store.schedule_inputs(s, source.name)
+    max_age, expires = http_hints(headers or {}, now)
+    hints = Hints(
+        ttl=meta.ttl if meta else stored.ttl,
+        update_every=meta.update_every if meta else stored.update_every,
+        max_age=max_age,
+        expires=expires,
+        retry_after=parse_retry_after(retry_after, now),
+        published=stored.published,
+    )
+    return plan(source, now, errors=errors, hints=hints)
+
+
+def _validators(
+    result: FetchResult, state: FetchState | None, source: Source, body_hash: str | None
+) -> tuple[FetchState, str | None]:
+    """What to send next time (the validators just received, else the ones we had) and where: a
+    permanent redirect (301, 308) moves the feed once it is seen on two consecutive polls (the reason
+    is returned with the new state); a temporary one (302, 307) never does."""
     etag = result.etag or (state.etag if state and result.not_modified else None)
     modified = result.last_modified or (state.last_modified if state and result.not_modified else None)
-    return FetchState(
-        url=_next_url(result, state.url if state else source.url), etag=etag, last_modified=modified
-    )
+    requested = state.url if state else source.url
+    target = _permanent_target(result, requested)
+    seen_before = state.redirect_candidate if state else None
+    url, candidate, reason = requested, target, None
+    if target is not None and target == seen_before:
+        codes = "/".join(sorted({str(code) for code, _ in result.redirects if code in (301, 308)}))
+        url, candidate = target, None
+        reason = f"moved permanently (HTTP {codes}) from {requested}, confirmed on 2 consecutive polls"
+    state_out = FetchState(url, etag, modified, body_hash=body_hash, redirect_candidate=candidate)
+    return state_out, reason
 
 
-def _next_url(result: FetchResult, requested: str) -> str:
-    """Where to ask next time: a permanent redirect (301, 308) moves the feed, a temporary one does not
-    (a 302 to a signed or load-balanced URL must not become the address polled from then on)."""
-    if not result.redirects:
-        return result.url
-    url = requested
+def _permanent_target(result: FetchResult, requested: str) -> str | None:
+    """Where the leading permanent redirects (301, 308) of this fetch lead, if there were any."""
+    url = None
     for status, location in result.redirects:
         if status not in (301, 308):
             break
         url = location
-    return url
+    return url if url != requested else None
 
 
 def _failed(
@@ -239,17 +321,26 @@ def _failed(
     now: datetime,
     message: str,
     http_status: int | None,
+    retry_after: str | None = None,
 ) -> PollOutcome:
     errors = (state.errors if state else 0) + 1
-    outcome = PollOutcome(
-        source.name,
-        "error",
-        next_due(source, now, errors=errors),
-        http_status=http_status,
-        error=message,
-        duration=time.monotonic() - started,
-    )
+    gone = http_status == 410
+    if gone:
+        message += "; the source is retired: it is not polled again until its URL changes in the config"
     with ctx.sessions.begin() as s:
+        due = _plan(s, source, now, errors=errors, retry_after=retry_after)
+        if gone:
+            due = Due(now + source.max_interval, "retired: HTTP 410 Gone")
+        outcome = PollOutcome(
+            source.name,
+            "error",
+            due.at,
+            http_status=http_status,
+            error=message,
+            duration=time.monotonic() - started,
+            due_reason=due.reason,
+            retired=gone,
+        )
         store.record_poll(s, outcome, now=now)
     _log(outcome)
     return outcome
@@ -263,15 +354,21 @@ def _not_modified(
     started: float,
     now: datetime,
 ) -> PollOutcome:
-    outcome = PollOutcome(
-        source.name,
-        "not_modified",
-        next_due(source, now),
-        http_status=result.status,
-        duration=time.monotonic() - started,
-    )
+    """A 304, or a body identical to the last one: validators and schedule updated, nothing parsed."""
     with ctx.sessions.begin() as s:
-        store.record_poll(s, outcome, now=now, state=_validators(result, state, source))
+        due = _plan(s, source, now, headers=result.headers)
+        outcome = PollOutcome(
+            source.name,
+            "not_modified" if result.not_modified else "unchanged",
+            due.at,
+            http_status=result.status,
+            duration=time.monotonic() - started,
+            bytes=len(result.body),
+            due_reason=due.reason,
+        )
+        body_hash = state.body_hash if state else None
+        validators, moved = _validators(result, state, source, body_hash)
+        store.record_poll(s, outcome, now=now, state=validators, url_reason=moved)
     _log(outcome)
     return outcome
 

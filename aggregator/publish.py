@@ -12,7 +12,7 @@ import re
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 
 from aggregator.errors import PublishError
-from aggregator.model import Enclosure, StoredItem, Topic
+from aggregator.model import Enclosure, Sighting, StoredItem, Topic
 
 FORMATS: dict[str, str] = {
     "rss": "application/rss+xml; charset=utf-8",
@@ -48,6 +48,27 @@ _RSS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
+class Paging:
+    """RFC 5005 paged-feed links (absolute URLs): first and last always, next/previous where they exist."""
+
+    first: str
+    last: str
+    next: str | None = None
+    previous: str | None = None
+
+    def links(self) -> list[tuple[str, str]]:
+        """(rel, href) in a stable order, only the pages that exist."""
+        rels = (("first", self.first), ("previous", self.previous), ("next", self.next), ("last", self.last))
+        return [(rel, href) for rel, href in rels if href]
+
+
+def topic_feed_urls(base_url: str, name: str) -> dict[str, str]:
+    """The public URL of each format of a topic feed (the WebSub topics and the self links)."""
+    base = base_url.rstrip("/")
+    return {fmt: f"{base}/topics/{name}.{fmt}" for fmt in FORMATS}
+
+
+@dataclass(frozen=True, slots=True)
 class _Feed:
     """Feed-level facts shared by the three writers, cleaned."""
 
@@ -57,6 +78,8 @@ class _Feed:
     site_url: str
     updated: datetime
     language: str | None
+    icon: str | None = None
+    paging: Paging | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +104,7 @@ class _Entry:
     source_link: str | None
     article_id: int | None
     story_id: int | None
+    also: tuple[Sighting, ...] = ()  # other outlets of the same story (collapse: story)
 
 
 def render_feed(
@@ -92,13 +116,16 @@ def render_feed(
     site_url: str,
     updated: datetime | None,
     language: str | None = None,
+    paging: Paging | None = None,
 ) -> bytes:
-    """The topic feed in ``fmt`` ("rss", "atom" or "json"), entries in the order given (newest first)."""
+    """The topic feed in ``fmt`` ("rss", "atom" or "json"), entries in the order given (newest first).
+    ``paging`` adds RFC 5005 first/previous/next/last links (Atom and RSS: atom:link; JSON Feed:
+    ``next_url`` and an ``_aggregator.paging`` extension)."""
     if fmt not in FORMATS:
         raise PublishError(f"topic {topic.name!r}: unknown feed format {fmt!r} (expected rss, atom or json)")
     try:
         entries = [_entry(stored) for stored in items]
-        feed = _feed(topic, entries, feed_url, site_url, updated, language)
+        feed = replace(_feed(topic, entries, feed_url, site_url, updated, language), paging=paging)
         if fmt == "json":
             return _render_json(feed, entries)
         return _render_xml(fmt, feed, entries)
@@ -145,6 +172,10 @@ def _entry(stored: StoredItem) -> _Entry:
     body = _clean(item.html).strip()
     if not body and text:
         body = "".join(f"<p>{html.escape(p.strip())}</p>" for p in text.split("\n\n") if p.strip())
+    also = tuple(_sighting(x) for x in stored.also)
+    if also:
+        body += _also_html(also)
+        text += "\n\nAlso reported by: " + ", ".join(x.source_title or x.source for x in also)
     title = _opt(item.title) or _summary(text, 80) or _opt(item.url or item.link) or "(untitled)"
     return _Entry(
         id=f"urn:uuid:{_clean(item.uid).strip()}",
@@ -165,7 +196,21 @@ def _entry(stored: StoredItem) -> _Entry:
         source_link=_opt(stored.source_link),
         article_id=stored.article_id,
         story_id=stored.story_id,
+        also=also,
     )
+
+
+def _sighting(x: Sighting) -> Sighting:
+    return Sighting(_clean(x.source), _opt(x.source_title), _opt(x.title) or "", _opt(x.url))
+
+
+def _also_html(also: Sequence[Sighting]) -> str:
+    """The paragraph that lists the other outlets of a story, linked to their items."""
+    parts = []
+    for x in also:
+        name = html.escape(x.source_title or x.source)
+        parts.append(f'<a href="{html.escape(x.url)}">{name}</a>' if x.url else name)
+    return f"<p>Also reported by: {', '.join(parts)}</p>"
 
 
 def _enclosure(enc: Enclosure) -> Enclosure:
@@ -198,6 +243,7 @@ def _feed(
         site_url=_clean(site_url).strip(),
         updated=last,
         language=_lang(language),
+        icon=_opt(topic.icon),
     )
 
 
@@ -214,6 +260,12 @@ def _render_json(feed: _Feed, entries: Sequence[_Entry]) -> bytes:
     }
     if feed.language:
         doc["language"] = feed.language
+    if feed.icon:
+        doc["icon"] = doc["favicon"] = feed.icon
+    if feed.paging is not None:
+        if feed.paging.next:
+            doc["next_url"] = feed.paging.next
+        doc["_aggregator"] = {"paging": dict(feed.paging.links())}
     doc["items"] = [_json_item(e) for e in entries]
     return json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8")
 
@@ -247,6 +299,20 @@ def _json_item(e: _Entry) -> dict[str, Any]:
     }
     ext |= {"article_id": e.article_id, "story_id": e.story_id}
     out["_aggregator"] = {k: v for k, v in ext.items() if v is not None}
+    if e.also:
+        out["_aggregator"]["also_reported_by"] = [
+            {
+                k: v
+                for k, v in (
+                    ("source", x.source),
+                    ("source_title", x.source_title),
+                    ("title", x.title),
+                    ("url", x.url),
+                )
+                if v
+            }
+            for x in e.also
+        ]
     return out
 
 
@@ -276,13 +342,15 @@ def _render_xml(fmt: str, feed: _Feed, entries: Sequence[_Entry]) -> bytes:
     else:
         root = _parse(fg.atom_str(pretty=False))
         _fix_atom(root, feed, entries)
+    if feed.paging is not None:
+        _add_paging(root, fmt, feed.paging)
     out: bytes = etree.tostring(root, encoding="UTF-8", xml_declaration=True, pretty_print=True)
     return out
 
 
 def _generator(fmt: str, feed: _Feed) -> FeedGenerator:
     fg = FeedGenerator()
-    fg.id(feed.feed_url)
+    fg.id(feed.paging.first if feed.paging else feed.feed_url)  # every page of a feed shares its id
     fg.title(feed.title)
     fg.description(feed.description)
     fg.author(name=feed.title)  # Atom: entries without an author inherit the feed's
@@ -290,6 +358,9 @@ def _generator(fmt: str, feed: _Feed) -> FeedGenerator:
     fg.link(href=feed.site_url, rel="alternate", type="text/html")  # the last link() is RSS <link>
     fg.updated(feed.updated)
     fg.generator(GENERATOR)
+    if feed.icon:
+        fg.icon(feed.icon)  # Atom <icon>
+        fg.logo(feed.icon)  # Atom <logo>, RSS <image>
     if feed.language:
         fg.language(feed.language)
     if fmt == "rss":
@@ -356,6 +427,11 @@ def _fix_atom(root: etree._Element, feed: _Feed, entries: Sequence[_Entry]) -> N
         if e.url:
             anchor.addnext(etree.Element(f"{_ATOM}link", href=e.url, rel="alternate", type="text/html"))
         _fix_atom_source(node, e)
+        for x in reversed(e.also):  # provenance of the other outlets: rel="related" links
+            if x.url:
+                related = etree.Element(f"{_ATOM}link", href=x.url, rel="related", type="text/html")
+                related.set("title", x.source_title or x.source)
+                anchor.addnext(related)
         if e.language and e.language != feed.language:
             node.set(_XML_LANG, e.language)
 
@@ -373,3 +449,16 @@ def _fix_atom_source(node: etree._Element, e: _Entry) -> None:
             link.set("type", "text/html")
         else:
             source.remove(link)  # feedgen needs a URL; Atom can do without one
+
+
+def _add_paging(root: etree._Element, fmt: str, paging: Paging) -> None:
+    """RFC 5005 section 3: atom:link rel=first/previous/next/last after the self link."""
+    head = root if fmt == "atom" else root.find("channel")
+    assert head is not None
+    anchor = next((x for x in head.iter(f"{_ATOM}link") if x.get("rel") == "self"), None)
+    for rel, href in reversed(paging.links()):
+        link = etree.Element(f"{_ATOM}link", rel=rel, href=href, type=FORMATS[fmt].split(";")[0])
+        if anchor is not None:
+            anchor.addnext(link)
+        else:
+            head.insert(0, link)

@@ -1,6 +1,7 @@
 """The topic query language: a query is parsed once into a tree and evaluated on pre-tokenized items.
 
-Pure: no I/O. Matching is case- and accent-insensitive, on whole words (CJK text: on substrings).
+Pure: no I/O, no clock (relative dates use the ``now`` the caller puts in the MatchDoc). Matching is case-
+and accent-insensitive, on whole words (CJK text: on substrings); regular expressions run on RE2.
 
 Grammar (precedence NOT > AND > OR; adjacent terms are ANDed)::
 
@@ -8,9 +9,10 @@ Grammar (precedence NOT > AND > OR; adjacent terms are ANDed)::
     or_expr := and_expr ("OR" and_expr)*
     and_expr:= unary (["AND"] unary)*
     unary   := ("NOT" | "-") unary | primary
-    primary := "(" or_expr ")" | FIELD "(" or_expr ")" | term
-    term    := [FIELD] (word | word* | "quoted phrase") | "*"
-    FIELD   := title: | text: | source: | tag: | lang:
+    primary := "(" or_expr ")" | WFIELD "(" or_expr ")" | term
+    term    := [FIELD] (word | word* | "quoted phrase" | /regex/) | "*"
+    WFIELD  := title: | text: | author: | category:
+    FIELD   := WFIELD | source: | tag: | lang: | domain: | url: | published:
 
 Only upper-case AND/OR/NOT are operators; "and" is a word. ``*`` alone matches every item.
 """
@@ -21,20 +23,33 @@ import bisect
 import re
 import unicodedata
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import re2  # type: ignore[import-untyped]
 
 from aggregator.errors import AggregatorError
 from aggregator.model import Item, Topic
 
 __all__ = ["MatchDoc", "Query", "QueryError", "TopicMatcher", "compile_query", "fold"]
 
-TEXT_FIELDS = ("title", "text")
-NAME_FIELDS = ("source", "tag", "lang")
+TEXT_FIELDS = ("title", "text", "author", "category")  # words and phrases; may scope a group: title:( … )
+NAME_FIELDS = ("source", "tag", "lang", "domain")
+OTHER_FIELDS = ("url", "published")
+ALL_FIELDS = TEXT_FIELDS + NAME_FIELDS + OTHER_FIELDS
+REGEX_FIELDS = (*TEXT_FIELDS, "url")
+MAX_REGEX_CHARS = 500
+REGEX_MEMORY = 8 << 20  # bytes RE2 may use per compiled pattern
 _KEYWORDS = frozenset({"AND", "OR", "NOT"})
 _WORD = re.compile(r"\w+")
 _FIELD = re.compile(r"([A-Za-z]+):(.*)", re.DOTALL)
+_FIELD_REGEX = re.compile(r"([A-Za-z]+):/")
 _LANG = re.compile(r"[a-z]{2,3}")
+_AGO = re.compile(r"(\d{1,5})([hdw])")
+_AGO_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 # Scripts written without spaces between words: matched as substrings, not words.
 _CJK = re.compile(r"[\u3040-\u30ff\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
@@ -109,25 +124,69 @@ class FieldIndex:
         return False
 
 
+_NO_TEXT = FieldIndex.of("")
+
+
 @dataclass(frozen=True, slots=True)
 class MatchDoc:
-    """What queries look at, built once per item and shared by every topic."""
+    """What queries look at, built once per item and shared by every topic.
+
+    ``now`` anchors relative dates (``published:>7d``); without it they match nothing.
+    """
 
     title: FieldIndex
     text: FieldIndex
     source: str
     tags: frozenset[str]
     language: str | None
+    author: FieldIndex = _NO_TEXT
+    category: FieldIndex = _NO_TEXT
+    url: str = ""  # canonical URL, case-folded
+    domain: str = ""  # its host, case-folded
+    published: datetime | None = None
+    now: datetime | None = None
+    raw: Mapping[str, str] = field(default_factory=dict)  # unfolded fields, for regular expressions
 
     @classmethod
-    def from_item(cls, item: Item, source_tags: Collection[str] = ()) -> MatchDoc:
+    def from_item(
+        cls, item: Item, source_tags: Collection[str] = (), now: datetime | None = None
+    ) -> MatchDoc:
+        authors, categories = "\n".join(item.authors), "\n".join(item.categories)
+        url = item.url or item.link or ""
         return cls(
             title=FieldIndex.of(item.title),
             text=FieldIndex.of(item.text),
             source=item.source.casefold(),
             tags=frozenset(tag.casefold() for tag in source_tags),
             language=_primary_language(item.language),
+            author=FieldIndex.of(authors),
+            category=FieldIndex.of(categories),
+            url=url.casefold(),
+            domain=_host(url),
+            published=item.published,
+            now=now,
+            raw={
+                "title": item.title,
+                "text": item.text,
+                "author": authors,
+                "category": categories,
+                "url": url,
+            },
         )
+
+    def words(self, name: str | None) -> tuple[FieldIndex, ...]:
+        """The word fields a term looks in: the named one, or the title and the text."""
+        if name is None:
+            return (self.title, self.text)
+        index: FieldIndex = getattr(self, name)
+        return (index,)
+
+
+def _host(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").casefold()
+    except ValueError:
+        return ""
 
 
 def _primary_language(code: str | None) -> str | None:
@@ -176,7 +235,7 @@ class _Or:
 
 @dataclass(frozen=True, slots=True)
 class _Words:
-    """Words (one, or a phrase) in the title, the text, or either (``field`` None)."""
+    """Words (one, or a phrase) in one word field, or in the title or the text (``field`` None)."""
 
     field: str | None
     words: tuple[str, ...]
@@ -184,9 +243,7 @@ class _Words:
     substring: str | None = None  # CJK: a substring of the folded field instead of words
 
     def matches(self, doc: MatchDoc) -> bool:
-        fields: tuple[FieldIndex, ...] = (doc.title, doc.text)
-        if self.field is not None:
-            fields = (doc.title,) if self.field == "title" else (doc.text,)
+        fields = doc.words(self.field)
         if self.substring is not None:
             return any(self.substring in f.folded for f in fields)
         return any(f.has_words(self.words, self.prefix) for f in fields)
@@ -194,7 +251,7 @@ class _Words:
 
 @dataclass(frozen=True, slots=True)
 class _Name:
-    """source:NAME, tag:NAME (either may end in ``*``) or lang:CODE."""
+    """source:NAME, tag:NAME (either may end in ``*``), lang:CODE or domain:HOST (and its subdomains)."""
 
     field: str
     name: str
@@ -203,8 +260,64 @@ class _Name:
     def matches(self, doc: MatchDoc) -> bool:
         if self.field == "lang":
             return doc.language == self.name
+        if self.field == "domain":
+            return doc.domain == self.name or doc.domain.endswith("." + self.name)
         names = (doc.source,) if self.field == "source" else doc.tags
         return any(n == self.name or (self.prefix and n.startswith(self.name)) for n in names)
+
+
+@dataclass(frozen=True, slots=True)
+class _Url:
+    """url:TEXT: a case-insensitive substring of the item's canonical URL."""
+
+    part: str
+
+    def matches(self, doc: MatchDoc) -> bool:
+        return self.part in doc.url
+
+
+@dataclass(frozen=True, slots=True)
+class _Regex:
+    """/RE2 pattern/ on the unfolded field (case-insensitive); RE2 runs in linear time, so no pattern
+    can stall the worker with backtracking."""
+
+    field: str | None
+    pattern: Any  # re2._Regexp (untyped)
+
+    def matches(self, doc: MatchDoc) -> bool:
+        fields = ("title", "text") if self.field is None else (self.field,)
+        return any(self.pattern.search(doc.raw.get(name, "")) is not None for name in fields)
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """A point in time: a fixed instant, or a distance before ``now``."""
+
+    at: datetime | None = None
+    ago: timedelta | None = None
+
+    def resolve(self, now: datetime | None) -> datetime | None:
+        if self.at is not None:
+            return self.at
+        return None if now is None or self.ago is None else now - self.ago
+
+
+@dataclass(frozen=True, slots=True)
+class _Published:
+    """published:… — ``start`` inclusive, ``end`` exclusive."""
+
+    start: _Bound | None
+    end: _Bound | None
+
+    def matches(self, doc: MatchDoc) -> bool:
+        when = doc.published
+        if when is None:
+            return False
+        start = self.start.resolve(doc.now) if self.start else None
+        end = self.end.resolve(doc.now) if self.end else None
+        if (self.start and start is None) or (self.end and end is None):
+            return False  # a relative date without ``now``
+        return (start is None or when >= start) and (end is None or when < end)
 
 
 class Query:
@@ -234,6 +347,7 @@ class _Token:
     field: str | None = None
     value: str = ""
     quoted: bool = False
+    regex: bool = False
 
 
 def _tokenize(query: str) -> list[_Token]:
@@ -254,6 +368,9 @@ def _tokenize(query: str) -> list[_Token]:
         elif char == '"':
             value, i = _phrase(query, i)
             tokens.append(_Token("TERM", column, query[column - 1 : i], value=value, quoted=True))
+        elif char == "/":
+            value, i = _regex(query, i)
+            tokens.append(_Token("TERM", column, query[column - 1 : i], value=value, regex=True))
         else:
             token, i = _word(query, i)
             tokens.append(token)
@@ -269,24 +386,45 @@ def _phrase(query: str, i: int) -> tuple[str, int]:
     return query[i + 1 : end], end + 1
 
 
+def _regex(query: str, i: int) -> tuple[str, int]:
+    """The pattern whose opening slash is at ``i`` (``\\/`` is a literal slash), and the index after it."""
+    j, chars = i + 1, []
+    while j < len(query) and query[j] != "/":
+        if query[j] == "\\" and j + 1 < len(query) and query[j + 1] == "/":
+            j += 1
+        elif query[j] == "\\" and j + 1 < len(query):
+            chars.append(query[j])
+            j += 1
+        chars.append(query[j])
+        j += 1
+    if j >= len(query):
+        raise QueryError(
+            f"expected '/' to close the regular expression opened at column {i + 1}", len(query) + 1
+        )
+    if j + 1 < len(query) and not (query[j + 1].isspace() or query[j + 1] == ")"):
+        raise QueryError("expected a space or ')' after the regular expression", j + 2)
+    return "".join(chars), j + 1
+
+
 def _word(query: str, i: int) -> tuple[_Token, int]:
     start = i
+    regex_field = _FIELD_REGEX.match(query, i)
+    if regex_field is not None and regex_field.group(1).lower() in ALL_FIELDS:
+        name = _field_name(regex_field.group(1), query[start : regex_field.end()], start + 1)
+        value, end = _regex(query, regex_field.end() - 1)
+        if name not in REGEX_FIELDS:
+            allowed = ", ".join(f"{f}:" for f in REGEX_FIELDS)
+            raise QueryError(f"regular expressions work on {allowed} (not {name}:)", start + 1)
+        return _Token("TERM", start + 1, query[start:end], field=name, value=value, regex=True), end
     while i < len(query) and not query[i].isspace() and query[i] not in '()"':
         i += 1
     text, column = query[start:i], start + 1
     if text in _KEYWORDS:
         return _Token(text, column, text), i
-    field = _FIELD.fullmatch(text)
-    if field is None:
+    found = _FIELD.fullmatch(text)
+    if found is None:
         return _Token("TERM", column, text, value=text), i
-    name, value = field.group(1).lower(), field.group(2)
-    if name not in TEXT_FIELDS + NAME_FIELDS:
-        fields = ", ".join(f"{f}:" for f in TEXT_FIELDS + NAME_FIELDS)
-        raise QueryError(
-            f"unknown field '{field.group(1)}:' (expected one of {fields}; "
-            f'quote the text to search for it: "{text}")',
-            column,
-        )
+    name, value = _field_name(found.group(1), text, column), found.group(2)
     if value:
         return _Token("TERM", column, text, field=name, value=value), i
     if i < len(query) and query[i] == '"':
@@ -294,8 +432,22 @@ def _word(query: str, i: int) -> tuple[_Token, int]:
         return _Token("TERM", column, query[start:end], field=name, value=value, quoted=True), end
     if i < len(query) and query[i] == "(" and name in TEXT_FIELDS:
         return _Token("FIELD", column, text, field=name), i
-    what = "a word, phrase or '('" if name in TEXT_FIELDS else "a name"
+    what = {"published": "a date or a range", "url": "part of a URL"}.get(name, "a name")
+    if name in TEXT_FIELDS:
+        what = "a word, phrase, /regex/ or '('"
     raise QueryError(f"expected {what} right after '{text}'", column)
+
+
+def _field_name(written: str, text: str, column: int) -> str:
+    name = written.lower()
+    if name not in ALL_FIELDS:
+        fields = ", ".join(f"{f}:" for f in ALL_FIELDS)
+        raise QueryError(
+            f"unknown field '{written}:' (expected one of {fields}; "
+            f'quote the text to search for it: "{text}")',
+            column,
+        )
+    return name
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -370,8 +522,17 @@ class _Parser:
 
 def _term(token: _Token, scope: str | None) -> _Node:
     field = token.field or scope
+    if token.regex:
+        return _regex_term(token, field)
     if field in NAME_FIELDS:
         return _name_term(token, field)
+    if field == "url":
+        part = token.value.strip().casefold()
+        if not part:
+            raise QueryError("expected part of a URL after 'url:'", token.column)
+        return _Url(part)
+    if field == "published":
+        return _date_term(token)
     value = token.value
     if not token.quoted and value == "*":
         if field is not None:
@@ -392,13 +553,87 @@ def _term(token: _Token, scope: str | None) -> _Node:
 
 def _name_term(token: _Token, field: str) -> _Node:
     value = token.value.strip()
-    prefix = field != "lang" and not token.quoted and value.endswith("*")
+    prefix = field in ("source", "tag") and not token.quoted and value.endswith("*")
     name = (value[:-1] if prefix else value).casefold()
     if field == "lang" and not _LANG.fullmatch(name):
         raise QueryError(f"'lang:' expects a language code like 'en', found '{value}'", token.column)
+    if field == "domain":
+        name = name.removeprefix("www.").strip(".")
     if not name:
         raise QueryError(f"expected a name after '{field}:'", token.column)
     return _Name(field, name, prefix)
+
+
+def _regex_term(token: _Token, field: str | None) -> _Node:
+    if field is not None and field not in REGEX_FIELDS:
+        allowed = ", ".join(f"{f}:" for f in REGEX_FIELDS)
+        raise QueryError(f"regular expressions work on {allowed} (not {field}:)", token.column)
+    if not token.value:
+        raise QueryError("empty regular expression", token.column)
+    if len(token.value) > MAX_REGEX_CHARS:
+        raise QueryError(f"regular expression longer than {MAX_REGEX_CHARS} characters", token.column)
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False
+    options.max_mem = REGEX_MEMORY
+    try:
+        pattern = re2.compile(token.value, options)
+    except re2.error as e:
+        cause = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else e
+        raise QueryError(
+            f"invalid regular expression /{token.value}/: {cause} (RE2 syntax)", token.column
+        ) from None
+    return _Regex(field, pattern)
+
+
+# --------------------------------------------------------------------------------------------- dates
+
+
+def _date_term(token: _Token) -> _Node:
+    """published:>7d, published:<=2024-05-01, published:2024-05-01, published:2024-05-01..2024-05-31."""
+    value = token.value.strip()
+    for op in (">=", "<=", ">", "<"):
+        if value.startswith(op):
+            start, end = _date_bounds(value[len(op) :], token)
+            if op == ">":  # after: a day ends at midnight, a relative point is "newer than"
+                return _Published(end if end is not None else start, None)
+            if op == ">=":
+                return _Published(start, None)
+            if op == "<":
+                return _Published(None, start)
+            return _Published(None, end if end is not None else start)
+    if ".." in value:
+        first, last = value.split("..", 1)
+        if not first and not last:
+            raise QueryError("expected a date before or after '..'", token.column)
+        since = _date_bounds(first, token)[0] if first else None
+        until = None
+        if last:
+            low, high = _date_bounds(last, token)
+            until = high if high is not None else low
+        return _Published(since, until)
+    start, end = _date_bounds(value, token)
+    return _Published(start, end)  # a day: that day; "7d": within the last seven days
+
+
+def _date_bounds(text: str, token: _Token) -> tuple[_Bound, _Bound | None]:
+    """(start, end) of a day or instant; a relative point (7d, 12h, 2w) is its own start, no end."""
+    text = text.strip()
+    ago = _AGO.fullmatch(text)
+    if ago:
+        return _Bound(ago=int(ago.group(1)) * _AGO_UNITS[ago.group(2)]), None
+    try:
+        if _DAY.fullmatch(text):
+            day = datetime.fromisoformat(text).replace(tzinfo=UTC)
+            return _Bound(at=day), _Bound(at=day + timedelta(days=1))
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(
+            f"expected a date (2024-05-01, 2024-05-01T12:00Z) or an age (12h, 7d, 2w) in '{token.text}'",
+            token.column,
+        ) from None
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return _Bound(at=when), _Bound(at=when)
 
 
 def compile_query(text: str) -> Query:
@@ -416,8 +651,9 @@ class TopicMatcher:
     """A topic's restrictions and query, compiled once.
 
     ``topic.sources`` (names), ``topic.tags`` (any tag of the item's source) and ``topic.language``
-    must all admit the item before the query runs. An item without a language fails a language list:
-    the operator asked for those languages and cannot tell what an undeclared one is.
+    must all admit the item, and ``exclude_sources`` / ``exclude_tags`` / ``min_length`` must not
+    reject it, before the query runs. An item without a language fails a language list: the operator
+    asked for those languages and cannot tell what an undeclared one is.
     """
 
     def __init__(self, topic: Topic) -> None:
@@ -429,13 +665,30 @@ class TopicMatcher:
         self._sources = frozenset(topic.sources)
         self._tags = frozenset(tag.casefold() for tag in topic.tags)
         self._languages = frozenset(filter(None, map(_primary_language, topic.language)))
+        self._not_sources = frozenset(topic.exclude_sources)
+        self._not_tags = frozenset(tag.casefold() for tag in topic.exclude_tags)
+        self._min_length = topic.min_length
 
-    def matches(self, item: Item, source_tags: Collection[str], doc: MatchDoc | None = None) -> bool:
-        """True if ``item`` belongs in the topic; pass ``doc`` to share one MatchDoc across topics."""
-        if self._sources and item.source not in self._sources:
+    def admits(self, item: Item, source_tags: Collection[str]) -> bool:
+        """The topic's options (not its query) let ``item`` in."""
+        tags = {tag.casefold() for tag in source_tags}
+        if (self._sources and item.source not in self._sources) or item.source in self._not_sources:
             return False
-        if self._tags and self._tags.isdisjoint(tag.casefold() for tag in source_tags):
+        if (self._tags and self._tags.isdisjoint(tags)) or not self._not_tags.isdisjoint(tags):
             return False
         if self._languages and _primary_language(item.language) not in self._languages:
             return False
-        return self.query.matches(doc if doc is not None else MatchDoc.from_item(item, source_tags))
+        return len(item.text.strip()) >= self._min_length
+
+    def matches(
+        self,
+        item: Item,
+        source_tags: Collection[str],
+        doc: MatchDoc | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> bool:
+        """True if ``item`` belongs in the topic; pass ``doc`` to share one MatchDoc across topics."""
+        if not self.admits(item, source_tags):
+            return False
+        return self.query.matches(doc if doc is not None else MatchDoc.from_item(item, source_tags, now))

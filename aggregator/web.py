@@ -1,10 +1,12 @@
-"""The read-only web side: an HTML index, topic feeds (RSS, Atom, JSON Feed) with ETag/Last-Modified
-and 304s, the topic list as OPML, and a health check. Writes nothing; any number can run side by side.
+"""The read-only web side: an HTML index, topic feeds (RSS, Atom, JSON Feed) with ETag/Last-Modified,
+304s, RFC 5005 pages (?page=N) and WebSub Link headers, the topic list as OPML, and a health check.
+Writes nothing; any number can run side by side.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -47,8 +49,15 @@ class _RenderCache:
                 self._data.popitem(last=False)
 
 
-def create_app(topics: Sequence[Topic], sessions: sessionmaker[Session], base_url: str) -> Flask:
-    """The WSGI application. ``base_url`` is the public address used in feed self links."""
+def create_app(
+    topics: Sequence[Topic],
+    sessions: sessionmaker[Session],
+    base_url: str,
+    *,
+    websub_hub: str | None = None,
+) -> Flask:
+    """The WSGI application. ``base_url`` is the public address used in feed self links; with
+    ``websub_hub``, feed responses announce the hub (``Link: <hub>; rel="hub"``)."""
     app = Flask("aggregator")
     by_name = {t.name: t for t in topics}
     base = base_url.rstrip("/")
@@ -56,7 +65,7 @@ def create_app(topics: Sequence[Topic], sessions: sessionmaker[Session], base_ur
     formats = [(fmt, LABELS[fmt], publish.FORMATS[fmt].split(";")[0]) for fmt in ("rss", "atom", "json")]
 
     def urls(name: str) -> dict[str, str]:
-        return {fmt: f"{base}/topics/{name}.{fmt}" for fmt in LABELS}
+        return publish.topic_feed_urls(base, name)
 
     def listing() -> list[dict[str, object]]:
         with sessions() as s:
@@ -102,7 +111,7 @@ def create_app(topics: Sequence[Topic], sessions: sessionmaker[Session], base_ur
     def topic_page(name: str) -> str:
         topic = by_name.get(name) or abort(404, f"unknown topic {name!r}")
         with sessions() as s:
-            items = store.topic_items(s, name, limit=topic.limit, collapse=topic.collapse_duplicates)
+            items = store.topic_items(s, name, limit=topic.limit, collapse=topic.collapse)
         return render_template(
             "topic.html",
             title=topic.title or topic.name,
@@ -118,35 +127,73 @@ def create_app(topics: Sequence[Topic], sessions: sessionmaker[Session], base_ur
         topic = by_name.get(name)
         if topic is None or fmt not in publish.FORMATS:
             abort(404, f"unknown topic feed {name}.{fmt}")
+        page = _page_number()
         with sessions() as s:
             stats = store.topic_stats(s).get(name)
         last_change = (stats.last_change if stats else None) or EPOCH
         count = stats.count if stats else 0
-        version = f"{topic!r}|{base}|{fmt}|{count}|{last_change.isoformat()}"
+        pages = max(1, math.ceil(count / topic.limit))
+        if page > pages:
+            abort(404, f"topic {name!r} has {pages} page{'s' * (pages != 1)}, not {page}")
+        version = f"{topic!r}|{base}|{fmt}|{page}|{count}|{last_change.isoformat()}"
         etag = hashlib.sha256(version.encode()).hexdigest()[:32]
+        feed_url = urls(name)[fmt]
         headers = {
             "ETag": f'"{etag}"',
             "Last-Modified": format_datetime(last_change.replace(microsecond=0), usegmt=True),
             "Cache-Control": f"public, max-age={CACHE_SECONDS}",
         }
+        if websub_hub:
+            headers["Link"] = f'<{websub_hub}>; rel="hub", <{feed_url}>; rel="self"'
         if _not_modified(etag, last_change):
             return Response(status=304, headers=headers)
         body = cache.get((name, fmt, etag))
         if body is None:
             with sessions() as s:
-                items = store.topic_items(s, name, limit=topic.limit, collapse=topic.collapse_duplicates)
+                items = store.topic_items(
+                    s,
+                    name,
+                    limit=topic.limit,
+                    collapse=topic.collapse,
+                    offset=(page - 1) * topic.limit,
+                )
             body = publish.render_feed(
                 fmt,
                 topic,
                 items,
-                feed_url=urls(name)[fmt],
+                feed_url=_page_url(feed_url, page),
                 site_url=f"{base}/topics/{name}",
                 updated=stats.last_change if stats else None,
+                paging=_paging(feed_url, page, pages),
             )
             cache.put((name, fmt, etag), body)
         return Response(body, content_type=publish.FORMATS[fmt], headers=headers)
 
     return app
+
+
+def _page_number() -> int:
+    """``?page=N`` (1-based); anything else is a 400 naming the parameter."""
+    raw = request.args.get("page")
+    if raw is None:
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        abort(400, f"page: expected a page number 1, 2, ..., found {raw!r}")
+    return int(raw)
+
+
+def _page_url(feed_url: str, page: int) -> str:
+    return feed_url if page == 1 else f"{feed_url}?page={page}"
+
+
+def _paging(feed_url: str, page: int, pages: int) -> publish.Paging:
+    """RFC 5005 links: page 1 is the subscription document itself (no ?page)."""
+    return publish.Paging(
+        first=feed_url,
+        last=_page_url(feed_url, pages),
+        next=_page_url(feed_url, page + 1) if page < pages else None,
+        previous=_page_url(feed_url, page - 1) if page > 1 else None,
+    )
 
 
 def _not_modified(etag: str, last_change: datetime) -> bool:

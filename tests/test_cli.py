@@ -43,6 +43,7 @@ EXPORT_FIELDS = {
     "image",
     "article_id",
     "story_id",
+    "flags",
 }
 GOOD = {"bbc": "/bbc.xml", "fireball": "/fireball.json", "register": "/register.atom"}
 FILES = {"/bbc.xml": "bbc-news-1.xml", "/fireball.json": "daringfireball-3.json"}
@@ -380,9 +381,14 @@ def test_sources_shows_health_and_the_last_error(site: Site, exported: list[dict
         assert int(items) == sum(1 for x in exported if x["source"] == name) > 0
         assert rows[name][-1] == site.server.url(GOOD[name])
     gone, closed = rows["gone"], rows["closed"]
-    assert (gone[1], gone[3], gone[4], gone[6]) == ("error", "404", "0", "2")  # failed twice: first, --all
+    assert (gone[1], gone[3], gone[4], gone[6]) == (
+        "backing off",
+        "404",
+        "0",
+        "2",
+    )  # failed twice: first, --all
     assert "HTTP 404 Not Found" in gone[-1]
-    assert (closed[1], closed[3], closed[4], closed[6]) == ("error", "", "0", "2")
+    assert (closed[1], closed[3], closed[4], closed[6]) == ("backing off", "", "0", "2")
     assert "connection refused" in closed[-1]
 
 
@@ -423,7 +429,7 @@ def test_export_writes_one_object_per_stored_item(site: Site, exported: list[dic
         assert set(record) == EXPORT_FIELDS
         assert record["url"].startswith("http")
         assert record["published"].endswith("+00:00")
-        assert record["story_id"] is None
+        assert isinstance(record["story_id"], int)  # every stored item belongs to a story
         assert isinstance(record["article_id"], int)
         for enclosure in record["enclosures"]:
             assert set(enclosure) == {"url", "type", "length"}

@@ -400,7 +400,7 @@ def test_unknown_keys_at_every_level(cfg: Path) -> None:
         "a.yaml:6: topics[0].sources.nmes: unknown key (did you mean 'names'?)",
         "a.yaml:7: topics[0].colapse_duplicates: unknown key (did you mean 'collapse_duplicates'?)",
         "a.yaml:8: zzz: unknown key (expected one of: include, sources, topics, database, server, worker,"
-        " defaults)",
+        " defaults, retention, websub)",
     ]
 
 
@@ -742,9 +742,9 @@ def test_keys_that_are_not_text_are_unknown_keys(cfg: Path) -> None:
     write("a.yaml", "sources:\n  - {name: a, url: x.xml, 5: y}\n1: x\n")
     assert problems() == [
         "a.yaml:2: sources[0].5: unknown key (expected one of: name, url, title, tags, interval, timeout,"
-        " max_bytes, user_agent, headers, enabled)",
+        " max_bytes, user_agent, headers, enabled, auth, allow_private, strip_params, boilerplate)",
         "a.yaml:3: 1: unknown key (expected one of: include, sources, topics, database, server, worker,"
-        " defaults)",
+        " defaults, retention, websub)",
     ]
 
 

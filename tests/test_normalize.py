@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator.dedup import content_hash, item_uid
-from aggregator.model import Enclosure, FeedMeta, RawEntry, Source
+from aggregator.language import dominant_script, item_language, plausible
+from aggregator.markup import is_safe_data_image
+from aggregator.model import Enclosure, FeedMeta, Item, RawEntry, Source
 from aggregator.normalize import (
+    ALLOWED_TAGS,
     TRACKING_PARAMS,
     canonical_url,
     clean_html,
     clean_title,
+    detect_language,
     html_to_text,
     is_boilerplate,
     normalize_entry,
@@ -382,8 +390,13 @@ def test_normalize_entry_dates() -> None:
 def test_normalize_entry_clamps_future_dates() -> None:
     soon = NOW + timedelta(hours=23)
     assert normalize(entry(published=soon)).published == soon  # clock skew is tolerated
+    assert "future-date" not in normalize(entry(published=soon)).flags
     item = normalize(entry(published=NOW + timedelta(days=2), updated=NOW + timedelta(days=30)))
     assert (item.published, item.updated, item.dated) == (NOW, None, False)
+    assert "future-date" in item.flags  # clamped and flagged, so export and explain can say so
+    # a sane published date with a far-future updated date: only the updated date is clamped
+    item = normalize(entry(updated=NOW + timedelta(days=400)))
+    assert item.dated and item.updated == NOW and "future-date" in item.flags
 
 
 @pytest.mark.parametrize(
@@ -396,7 +409,8 @@ def test_normalize_entry_clamps_future_dates() -> None:
     ],
 )  # fmt: skip
 def test_normalize_entry_language(raw: str | None, feed: str | None, expected: str | None) -> None:
-    assert normalize(entry(language=raw), FeedMeta(language=feed)).language == expected
+    short = entry(language=raw, title="Kyiv", content="")  # too short to check or detect
+    assert normalize(short, FeedMeta(language=feed)).language == expected
 
 
 def test_normalize_language() -> None:
@@ -475,3 +489,367 @@ def test_normalize_entry_authors_categories_enclosures() -> None:
     assert item.enclosures == (Enclosure("https://www.pravda.com.ua/audio/1.mp3", "audio/mpeg", 12345),)
     bad_length = normalize(entry(enclosures=(Enclosure("https://ex.com/a.mp3", "", -1),)))
     assert bad_length.enclosures == (Enclosure("https://ex.com/a.mp3", None, None),)
+
+
+# ------------------------------------------------------------------------- real corpus items, per rule
+
+
+def corpus_entries(name: str) -> tuple[FeedMeta, tuple[RawEntry, ...], str]:
+    """The parsed entries of a corpus feed (the test skips when the shared corpus is not there)."""
+    from aggregator.parse import parse_feed
+
+    path = CORPUS / "real" / name
+    if not path.exists():
+        pytest.skip(f"corpus file {path} is missing")
+    parsed = parse_feed(path.read_bytes(), url=path.as_uri(), source=name)
+    return parsed.meta, parsed.entries, path.as_uri()
+
+
+def normalize_corpus(name: str, source: Source | None = None, now: datetime = NOW) -> list[Item]:
+    meta, entries, url = corpus_entries(name)
+    source = source or Source(name=name.split(".")[0], url=url)
+    return [normalize_entry(raw, source=source, feed=meta, feed_url=url, now=now) for raw in entries]
+
+
+def test_per_source_tracking_params_on_real_links() -> None:
+    # Google Alerts wraps every link in a redirector whose own parameters (ct, cd, usg) are noise
+    plain = normalize_corpus("google-alerts-1.atom")
+    assert all("usg=" in item.url for item in plain if item.url)
+    source = Source(
+        name="alerts", url="https://www.google.com/alerts/feeds/1", strip_params=("ct", "CD", "usg")
+    )
+    cleaned = normalize_corpus("google-alerts-1.atom", source)
+    for before, after in zip(plain, cleaned, strict=True):
+        assert after.url is not None and before.url is not None
+        names = {name for name, _ in parse_qsl(urlsplit(after.url).query)}
+        assert names.isdisjoint({"ct", "cd", "usg"}) and "url" in names
+        assert canonical_url(before.url, extra_params=("ct", "cd", "usg")) == after.url
+
+
+def test_per_source_boilerplate_patterns_on_a_real_item() -> None:
+    # Guardian items end with "Continue reading..." (built in); this source also wants its own
+    # "Photograph: …" credit lines gone, but only where a whole line is the credit.
+    items = normalize_corpus("guardian-1.xml")
+    assert not any("Continue reading" in item.text for item in items)
+    html = "<p>Ministers met on Monday.</p><p>Photograph: Jane Doe/Reuters</p>"
+    html += "<p>The photograph: a crowd outside parliament.</p>"
+    raw = entry(content=html)
+    own = Source(
+        name="guardian",
+        url="https://www.theguardian.com/international/rss",
+        boilerplate=(r"photograph: [\w .'/-]{1,80}",),
+    )
+    item = normalize_entry(raw, source=own, feed=FeedMeta(), feed_url=FEED_URL, now=NOW)
+    assert item.text == "Ministers met on Monday.\n\nThe photograph: a crowd outside parliament."
+    assert "Jane Doe" not in item.html
+    assert "Jane Doe" in normalize(raw).text  # other sources keep it
+
+
+def test_clean_html_keeps_only_safe_inline_images() -> None:
+    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+    html = (
+        f'<p><img src="{png}" alt="dot"></p>'
+        '<p><img src="data:image/svg+xml;base64,PHN2ZyBvbmxvYWQ9YWxlcnQoMSk+"></p>'
+        '<p><a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">x</a></p>'
+        '<p><img src="data:text/html,<script>alert(1)</script>"></p>'
+        f'<p><img src="data:image/png;base64,{"A" * 100_001}"></p>'
+    )
+    out = clean_html(html, FEED_URL)
+    assert out.count("data:") == 1 and f'src="{png}"' in out
+    assert "svg" not in out and "text/html" not in out and "AAAAAAAAAA" not in out
+
+
+def test_language_is_detected_on_real_items_without_a_declared_one() -> None:
+    items = normalize_corpus("dw-chinese-1.xml")  # RSS 1.0 without dc:language
+    detected = [item for item in items if item.language]
+    assert len(detected) > len(items) // 2
+    assert {item.language for item in detected} == {"zh"}
+    assert all("language-detected" in item.flags for item in detected)
+    german = normalize_corpus("heise-1.xml")
+    assert {item.language for item in german} == {"de"}
+
+
+def test_an_implausible_declared_language_is_replaced() -> None:
+    _meta, entries, url = corpus_entries("nytimes-cn-1.xml")  # Chinese text
+    wrong = FeedMeta(language="en-US")  # what a misconfigured CMS says
+    source = Source(name="nyt-cn", url=url)
+    items = [
+        normalize_entry(replace(raw, language=None), source=source, feed=wrong, feed_url=url, now=NOW)
+        for raw in entries
+    ]
+    assert {item.language for item in items} == {"zh"}
+    assert all("language-detected" in item.flags for item in items)
+    # declared and plausible: kept as declared, even where the detector would have guessed otherwise
+    russian = normalize_corpus("ibash-1.xml")
+    assert sum(item.language == "ru" for item in russian) >= len(russian) - 1
+    assert all("language-detected" not in item.flags for item in russian if item.language == "ru")
+
+
+def test_language_helpers() -> None:
+    assert detect_language("Hello") is None  # too short to say
+    assert detect_language(ARTICLE) == "en"
+    assert detect_language("Понад 260 російських військових добровільно здалися в полон Україні") == "uk"
+    assert dominant_script("Київ Kyiv Київ Київ Київ Київ") == "CYRILLIC"
+    assert dominant_script("abc") is None
+    assert plausible("en", "北京时间今天上午，中国国家主席在人民大会堂会见了来访的外国领导人") is False
+    assert plausible("sr", "Beograd je glavni grad Srbije i najveći grad u zemlji") is True  # both scripts
+    assert item_language("en", "Kyiv", "") == ("en", False)
+    assert item_language(None, "", "") == (None, False)
+
+
+def test_authors_categories_enclosures_and_lead_image_on_real_items() -> None:
+    podcast = normalize_corpus("cre-podcast-1.xml")
+    assert all(item.enclosures for item in podcast)
+    first = podcast[0].enclosures[0]
+    assert first.url.startswith("http") and first.type and first.type.startswith("audio/") and first.length
+    assert all(item.authors for item in podcast)
+    guardian = normalize_corpus("guardian-1.xml")
+    assert all(item.categories for item in guardian)
+    dailymail = normalize_corpus("dailymail-1.xml")
+    assert all(item.image and item.image.startswith("http") for item in dailymail)
+
+
+def test_lead_image_falls_back_to_an_image_enclosure_then_the_first_image() -> None:
+    enclosure = Enclosure("https://ex.com/pic.jpg", "image/jpeg", 10)
+    item = normalize(
+        entry(image=None, enclosures=(Enclosure("https://ex.com/a.mp3", "audio/mpeg"), enclosure))
+    )
+    assert item.image == "https://ex.com/pic.jpg"
+    item = normalize(
+        entry(image=None, content='<p>x</p><img src="/img/1.jpg?a=1&amp;b=2"><img src="/2.jpg">')
+    )
+    assert item.image == "https://www.pravda.com.ua/img/1.jpg?a=1&b=2"
+    assert normalize(entry(image=None)).image is None  # the example article has no image
+    assert normalize(entry(image="javascript:x()")).image is None
+
+
+# ----------------------------------------------------------------------------------- property tests
+
+_DANGEROUS_TAGS = [
+    "script",
+    "style",
+    "iframe",
+    "object",
+    "embed",
+    "svg",
+    "math",
+    "form",
+    "base",
+    "meta",
+    "link",
+    "frame",
+    "frameset",
+    "applet",
+    "template",
+    "noscript",
+    "input",
+    "button",
+]
+_URLS = st.sampled_from(
+    [
+        "javascript:alert(1)",
+        "JaVaScRiPt:alert(1)",
+        " javascript:alert(1)",
+        "jav&#x61;script:alert(1)",
+        "jav\tascript:alert(1)",
+        "vbscript:msgbox(1)",
+        "data:text/html;base64,PHNjcmlwdD4=",
+        "data:image/svg+xml;base64,PHN2Zz4=",
+        "https://ex.com/a",
+        "/relative",
+        "//ex.com/x",
+        "mailto:a@b.c",
+    ]
+)
+_ATTRS = st.sampled_from(
+    [
+        "href",
+        "src",
+        "onerror",
+        "onclick",
+        "onload",
+        "style",
+        "formaction",
+        "srcdoc",
+        "xlink:href",
+        "action",
+        "background",
+        "class",
+        "id",
+    ]
+)
+
+
+@st.composite
+def _html(draw: st.DrawFn, depth: int = 0) -> str:
+    parts = []
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(st.integers(0, 3 if depth < 3 else 1))
+        if kind == 0:
+            parts.append(draw(st.text(max_size=12)))
+        elif kind == 1:
+            parts.append(
+                draw(
+                    st.sampled_from(
+                        [
+                            "<",
+                            ">",
+                            "&",
+                            "&lt;script&gt;",
+                            "<!--",
+                            "-->",
+                            "<![CDATA[",
+                            "]]>",
+                            '"',
+                            "'",
+                            "</",
+                            "/>",
+                            "<scr<script>ipt>",
+                        ]
+                    )
+                )
+            )
+        else:
+            tag = draw(st.sampled_from([*_DANGEROUS_TAGS, "a", "img", "p", "div", "span", "table", "td"]))
+            attrs = "".join(f' {draw(_ATTRS)}="{draw(_URLS)}"' for _ in range(draw(st.integers(0, 3))))
+            inner = draw(_html(depth + 1))
+            parts.append(
+                f"<{tag}{attrs}>{inner}</{tag}>" if draw(st.booleans()) else f"<{tag}{attrs}>{inner}"
+            )
+    return "".join(parts)
+
+
+class _Audit(HTMLParser):
+    """Records every element and attribute of an HTML fragment, as a browser would tokenize it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs.extend((tag, name, value or "") for name, value in attrs)
+
+
+def assert_inert(html: str) -> None:
+    audit = _Audit()
+    audit.feed(html)
+    audit.close()
+    assert set(audit.tags) <= ALLOWED_TAGS, audit.tags
+    for tag, name, value in audit.attrs:
+        assert not name.startswith("on") and name not in ("style", "srcdoc", "formaction"), (tag, name)
+        if name in ("href", "src"):
+            scheme = urlsplit(value).scheme.lower()
+            assert scheme in ("http", "https", "mailto") or (tag == "img" and is_safe_data_image(value)), (
+                value
+            )
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(_html())
+def test_sanitized_html_never_contains_executable_markup(html: str) -> None:
+    out = clean_html(html, "https://ex.com/feed")
+    assert_inert(out)
+    assert "<script" not in out.lower()
+    assert_inert(clean_html(out, "https://ex.com/feed"))
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.text(max_size=200))
+def test_sanitizing_arbitrary_text_is_inert(text: str) -> None:
+    assert_inert(clean_html(text, None))
+
+
+_PARAM = st.sampled_from(
+    [
+        "utm_source=rss",
+        "id=7",
+        "fbclid=abc",
+        "ref=rss",
+        "ref=home",
+        "a=%2f",
+        "q=a+b",
+        "x",
+        "at_medium=RSS",
+        "page=2",
+        "amp;ito=1490",
+        "b=",
+        "c=d=e",
+    ]
+)
+
+
+@st.composite
+def _url(draw: st.DrawFn) -> str:
+    scheme = draw(st.sampled_from(["http", "https", "HTTP", "HtTpS"]))
+    host = draw(
+        st.sampled_from(
+            ["Example.COM", "www.bbc.co.uk", "127.0.0.1", "[::1]", "xn--kiv-5ma.ua", "київ.укр", "a.b.c.d"]
+        )
+    )
+    port = draw(st.sampled_from(["", ":80", ":443", ":8080"]))
+    path = "/".join(
+        draw(st.lists(st.sampled_from(["a", ".", "..", "b c", "%7E", "%c3%a9", "é", ""]), max_size=5))
+    )
+    query = "&".join(draw(st.lists(_PARAM, max_size=4)))
+    fragment = draw(st.sampled_from(["", "#top", "#!/route", "#"]))
+    return f"{scheme}://{host}{port}/{path}" + (f"?{query}" if query else "") + fragment
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(_url())
+def test_canonical_url_is_idempotent(url: str) -> None:
+    once = canonical_url(url)
+    assert once is not None
+    assert canonical_url(once) == once
+    assert once.startswith(("http://", "https://")) and "utm_" not in once and "fbclid" not in once
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text(max_size=60), st.sampled_from([None, "https://ex.com/feed/", "http://Ex.com:80/a/b?c=1"]))
+def test_canonical_url_is_idempotent_on_any_input(text: str, base: str | None) -> None:
+    once = canonical_url(text, base)
+    if once is not None:
+        assert canonical_url(once) == once
+
+
+def test_per_source_params_and_patterns_come_from_yaml(tmp_path: Path) -> None:
+    from aggregator.config import load_config
+    from aggregator.errors import ConfigError
+
+    config = tmp_path / "a.yaml"
+    config.write_text(
+        "sources:\n"
+        "  - name: alerts\n"
+        "    url: https://www.google.com/alerts/feeds/1\n"
+        "    strip_params: [ct, cd, usg]\n"
+        "    boilerplate: ['photograph: .{1,80}', 'share on \\w+']\n",
+        encoding="utf-8",
+    )
+    source = load_config(config).source("alerts")
+    assert source.strip_params == ("ct", "cd", "usg")
+    assert source.boilerplate == ("photograph: .{1,80}", "share on \\w+")
+    config.write_text(
+        "sources:\n  - name: alerts\n    url: https://ex.com/feed\n    boilerplate: ['(unclosed']\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    assert "a.yaml:4: sources[0].boilerplate[0]: invalid regular expression '(unclosed'" in str(error.value)
+
+
+def test_real_items_without_dates_fall_back_to_the_first_seen_time() -> None:
+    items = normalize_corpus("dailytelegraph-au-1.xml")  # RSS 0.92: no item has a date
+    assert items and all((item.published, item.dated, item.updated) == (NOW, False, None) for item in items)
+    assert all("future-date" not in item.flags for item in items)
+    dated = normalize_corpus("bbc-news-1.xml")
+    assert all(item.dated and item.published.tzinfo is UTC and item.published < NOW for item in dated)
+
+
+def test_real_titles_are_plain_one_line_text() -> None:
+    for name in ("jsonfeed-elastic-1.json", "bbc-news-2.xml", "nytimes-cn-1.xml", "ibash-1.xml"):
+        for item in normalize_corpus(name):
+            assert item.title and item.title == " ".join(item.title.split())
+            assert "<" not in item.title and "&amp;" not in item.title and "CDATA" not in item.title
+            assert "&#" not in item.title and "&quot;" not in item.title

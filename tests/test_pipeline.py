@@ -176,7 +176,7 @@ def test_source_health_after_the_corpus(corpus_run: CorpusRun) -> None:
     rows = corpus_run.health
     assert set(rows) == {p.name for p in corpus_run.files}
     broken = rows.pop("latimes-403-cloudfront.html")
-    assert (broken.status, broken.error_count, broken.items) == ("error", 1, 0)
+    assert (broken.status, broken.error_count, broken.items) == ("erroring", 1, 0)
     assert broken.last_error == corpus_run.outcomes[broken.name].error
     assert broken.next_due > NOW
     for row in rows.values():
@@ -290,14 +290,15 @@ def test_only_a_permanent_redirect_moves_the_feed(
         )
     assert poll_source(ctx, "temp", NOW).new == 1
     assert poll_source(ctx, "temp", NOW + HOUR).status == "unchanged"
-    # a permanent one: the feed has moved, the next poll goes straight to the new address
-    httpserver.expect_oneshot_request("/old").respond_with_data("", status=301, headers={"Location": "/new"})
+    # a permanent one: the feed has moved once two consecutive polls saw it; then straight to the new address
+    httpserver.expect_request("/old").respond_with_data("", status=301, headers={"Location": "/new"})
     httpserver.expect_request("/new").respond_with_data(TINY_FEED, content_type="application/rss+xml")
     assert poll_source(ctx, "moved", NOW).new == 1
     assert poll_source(ctx, "moved", NOW + HOUR).status == "unchanged"
+    assert poll_source(ctx, "moved", NOW + 2 * HOUR).status == "unchanged"
     assert [request.path for request, _ in httpserver.log] == [
         *("/feed", "/signed-1", "/feed", "/signed-2"),
-        *("/old", "/new", "/new"),
+        *("/old", "/new", "/old", "/new", "/new"),
     ]
     rows = health(sessions)
     assert (rows["temp"].effective_url, rows["moved"].effective_url) == (None, url("/new"))
@@ -325,7 +326,8 @@ def test_failing_source_backs_off_and_recovers(
         assert (outcome.status, outcome.http_status) == ("error", 500)
         assert outcome.error == f"source 'flaky': HTTP 500 Internal Server Error from {source.url}"
         row = health(sessions)["flaky"]
-        assert (row.status, row.error_count, row.last_error) == ("error", attempt, outcome.error)
+        status = "erroring" if attempt == 1 else "backing off"
+        assert (row.status, row.error_count, row.last_error) == (status, attempt, outcome.error)
         assert row.next_due == outcome.next_due
         waits.append(outcome.next_due - now)
     assert source.interval * 0.9 <= waits[0] < waits[1] < waits[2]  # exponential backoff
@@ -338,7 +340,8 @@ def test_failing_source_backs_off_and_recovers(
     assert (row.status, row.error_count, row.last_error, row.last_http_status) == ("ok", 0, None, 200)
     assert row.next_due - now <= source.interval * 1.1
     with sessions.begin() as s:
-        assert store.fetch_state(s, "flaky") == FetchState(url=source.url, etag='"v1"', errors=0)
+        state = store.fetch_state(s, "flaky")
+        assert state is not None and (state.url, state.etag, state.errors) == (source.url, '"v1"', 0)
 
 
 def test_connection_refused_is_a_clear_error(sessions: sessionmaker[Session], http: requests.Session) -> None:
@@ -348,7 +351,7 @@ def test_connection_refused_is_a_clear_error(sessions: sessionmaker[Session], ht
     assert outcome.status == "error" and outcome.http_status is None
     assert outcome.error == f"source 'gone': connection refused fetching {url}"
     row = health(sessions)["gone"]
-    assert (row.status, row.error_count, row.last_error) == ("error", 1, outcome.error)
+    assert (row.status, row.error_count, row.last_error) == ("erroring", 1, outcome.error)
 
 
 @needs_corpus
@@ -401,7 +404,7 @@ def test_a_bug_in_fetch_is_an_internal_error_and_the_batch_goes_on(
         "nyt": ("updated", 23),
     }
     rows = health(sessions)
-    assert (rows["buggy"].status, rows["buggy"].error_count, rows["buggy"].items) == ("error", 1, 0)
+    assert (rows["buggy"].status, rows["buggy"].error_count, rows["buggy"].items) == ("erroring", 1, 0)
     assert (rows["bbc"].items, rows["nyt"].items) == (53, 23)
 
 

@@ -22,7 +22,7 @@ from lxml import etree
 
 from aggregator.errors import PublishError
 from aggregator.model import Enclosure, Item, StoredItem, Topic
-from aggregator.publish import FORMATS, JSONFEED_VERSION, SUMMARY_CHARS, render_feed
+from aggregator.publish import FORMATS, JSONFEED_VERSION, SUMMARY_CHARS, Paging, render_feed
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CORPUS = SHARED / "corpus" / "real"
@@ -598,3 +598,133 @@ def test_real_feeds_round_trip_in_all_formats(name: str, source: str, tmp_path: 
     doc = json.loads(render("json", items))
     assert [i["title"] for i in doc["items"]] == titles
     jsonfeed_validator().validate(doc)
+
+
+# --- topics built by the real pipeline from the corpus: every format validates; ids are stable --------
+
+PIPELINE_FILES = (
+    "ibash-1.xml",  # Russian
+    "guardian-1.xml",  # authors, categories
+    "cre-podcast-1.xml",  # enclosures
+    "daringfireball-3.json",  # JSON Feed in
+    "bbc-chinese-2.atom",  # Atom in, CJK
+)
+
+
+def ingest(db: Path, now: datetime) -> tuple[Any, list[Topic]]:
+    """Poll the corpus files (file:// sources) into the store at ``db``; returns (sessions, topics)."""
+    from functools import partial
+
+    from aggregator import store
+    from aggregator.fetch import fetch, make_session
+    from aggregator.model import Source
+    from aggregator.pipeline import Context, backfill_topics, poll_source, topic_definitions
+
+    missing = [name for name in PIPELINE_FILES if not (CORPUS / name).exists()]
+    if missing:
+        pytest.skip(f"corpus files missing: {missing}")
+    sources = [
+        Source(name.split(".")[0], (CORPUS / name).as_uri(), tags=("news",)) for name in PIPELINE_FILES
+    ]
+    topics = [
+        Topic("everything", "*", title="Everything", limit=1000, icon="https://feeds.test/icon.png"),
+        Topic("russian", "lang:ru", title="По-русски", limit=30),
+        Topic("podcasts", "/./ published:2000-01-01..", limit=10, min_length=1),
+    ]
+    engine = store.make_engine(f"sqlite:///{db}")
+    store.upgrade(engine)
+    sessions = store.make_sessionmaker(engine)
+    with make_session() as http:
+        ctx = Context.build(sources, topics, sessions, partial(fetch, http))
+        with sessions.begin() as s:
+            store.sync_sources(s, sources, now)
+            stale = store.sync_topics(s, topic_definitions(topics, sources))
+        backfill_topics(ctx, stale, now)
+        for source in sources:
+            assert poll_source(ctx, source.name, now).ok
+    return sessions, topics
+
+
+def render_topic(sessions: Any, topic: Topic, fmt: str, page: int = 1) -> bytes:
+    from aggregator import store
+
+    with sessions() as s:
+        items = store.topic_items(s, topic.name, limit=topic.limit, offset=(page - 1) * topic.limit)
+        stats = store.topic_stats(s)[topic.name]
+    feed = f"http://feeds.test/topics/{topic.name}.{fmt}"
+    pages = max(1, -(-stats.count // topic.limit))
+    paging = Paging(
+        first=feed,
+        last=feed if pages == 1 else f"{feed}?page={pages}",
+        next=f"{feed}?page={page + 1}" if page < pages else None,
+        previous=(feed if page == 2 else f"{feed}?page={page - 1}") if page > 1 else None,
+    )
+    return render_feed(
+        fmt,
+        topic,
+        items,
+        feed_url=feed if page == 1 else f"{feed}?page={page}",
+        site_url="http://feeds.test/topics/" + topic.name,
+        updated=stats.last_change,
+        paging=paging,
+    )
+
+
+def check_rss_strictly(body: bytes) -> list[str]:
+    """Parse as XML with no recovery; check RSS 2.0's required channel and item elements; guids."""
+    root = etree.fromstring(body, etree.XMLParser(recover=False, resolve_entities=False))
+    assert root.tag == "rss" and root.get("version") == "2.0"
+    channel = root.find("channel")
+    assert channel is not None
+    for name in ("title", "link", "description"):
+        assert (channel.findtext(name) or "").strip(), f"channel/{name}"
+    guids = []
+    for node in channel.findall("item"):
+        assert (node.findtext("title") or node.findtext("description") or "").strip()
+        assert node.findtext("pubDate")
+        guid = node.find("guid")
+        assert guid is not None and guid.get("isPermaLink") == "false" and guid.text
+        guids.append(guid.text)
+        for enclosure in node.findall("enclosure"):
+            assert enclosure.get("url") and enclosure.get("type") and enclosure.get("length") is not None
+    return guids
+
+
+def test_every_format_of_corpus_topics_validates(tmp_path: Path) -> None:
+    sessions, topics = ingest(tmp_path / "store.db", datetime(2026, 1, 1, tzinfo=UTC))
+    validator = jsonfeed_validator()
+    for topic in topics:
+        pages = 2 if topic.name == "podcasts" else 1
+        for page in range(1, pages + 1):
+            rss = render_topic(sessions, topic, "rss", page)
+            atom = render_topic(sessions, topic, "atom", page)
+            doc = json.loads(render_topic(sessions, topic, "json", page))
+            guids = check_rss_strictly(rss)
+            assert guids, topic.name
+            xmllint_atom(atom, tmp_path)
+            validator.validate(doc)
+            atom_ids = [
+                e.findtext("{http://www.w3.org/2005/Atom}id")
+                for e in xml(atom).iter("{http://www.w3.org/2005/Atom}entry")
+            ]
+            assert guids == atom_ids == [i["id"] for i in doc["items"]]
+    russian = json.loads(render_topic(sessions, topics[1], "json"))
+    assert russian["items"] and all(i["title"].startswith("Цитата") for i in russian["items"])
+    everything = xml(render_topic(sessions, topics[0], "atom"))
+    enclosures = everything.findall(".//{http://www.w3.org/2005/Atom}link[@rel='enclosure']")
+    assert enclosures and all(e.get("type") and e.get("length") for e in enclosures)
+
+
+def test_entry_ids_are_stable_across_re_renders_and_restarts(tmp_path: Path) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    sessions, topics = ingest(tmp_path / "a.db", now)
+    first = {fmt: render_topic(sessions, topics[0], fmt) for fmt in ("rss", "atom", "json")}
+    assert {fmt: render_topic(sessions, topics[0], fmt) for fmt in first} == first  # re-render: same bytes
+    sessions.kw["bind"].dispose()
+    from aggregator import store
+
+    reopened = store.make_sessionmaker(store.make_engine(f"sqlite:///{tmp_path / 'a.db'}"))  # a restart
+    assert {fmt: render_topic(reopened, topics[0], fmt) for fmt in first} == first
+    fresh, _ = ingest(tmp_path / "b.db", now + timedelta(days=3))  # another store, polled later
+    ids = [i["id"] for i in json.loads(first["json"])["items"]]
+    assert [i["id"] for i in json.loads(render_topic(fresh, topics[0], "json"))["items"]] == ids

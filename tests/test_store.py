@@ -136,7 +136,7 @@ def test_claim_moves_due_time_and_record_poll(s: Session) -> None:
     assert health["bbc"].effective_url == "https://bbc.example/new"
     assert store.fetch_state(s, "bbc") == FetchState("https://bbc.example/new", '"e1"', "x")
     assert store.fetch_state(s, "cnn") == FetchState("file:///x", errors=2)
-    assert health["cnn"].status == "error" and health["cnn"].error_count == 2
+    assert health["cnn"].status == "backing off" and health["cnn"].error_count == 2
     assert health["cnn"].last_error == "source 'cnn': boom"
     assert store.fetch_state(s, "missing") is None
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import feedparser
 import pytest
 from flask.testing import FlaskClient
+from lxml import etree
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator import store
+from aggregator import publish, store
 from aggregator.model import Item, Source, Topic
 from aggregator.web import create_app
 
@@ -120,3 +122,115 @@ def test_health_reports_a_broken_store(tmp_path: Path) -> None:
     client = create_app(TOPICS, broken, "http://x").test_client()
     response = client.get("/healthz")
     assert response.status_code == 503 and response.json["status"] == "error"
+
+
+# --- paging, caching, WebSub headers ---------------------------------------------------------------------
+
+ATOM_NS = "{http://www.w3.org/2005/Atom}"
+
+
+def page_links(fmt: str, body: bytes) -> dict[str, str]:
+    """rel -> href of the RFC 5005 links (and self) in a rendered feed."""
+    if fmt == "json":
+        doc = json.loads(body)
+        links = dict(doc["_aggregator"]["paging"])
+        links["self"] = doc["feed_url"]
+        if "next_url" in doc:
+            assert doc["next_url"] == links["next"]
+        return links
+    root = etree.fromstring(body)
+    head = root if fmt == "atom" else root.find("channel")
+    assert head is not None
+    wanted = {"self", "first", "previous", "next", "last"}
+    return {x.get("rel"): x.get("href") for x in head.findall(f"{ATOM_NS}link") if x.get("rel") in wanted}
+
+
+@pytest.mark.parametrize("fmt", ["rss", "atom", "json"])
+def test_pages_link_first_previous_next_last(client: FlaskClient, fmt: str) -> None:
+    feed = f"http://feeds.test:8080/topics/war.{fmt}"
+    first = client.get(f"/topics/war.{fmt}")
+    assert titles(fmt, first.data) == ["Ukraine three", "Ukraine two"]
+    assert page_links(fmt, first.data) == {
+        "self": feed,
+        "first": feed,
+        "next": f"{feed}?page=2",
+        "last": f"{feed}?page=2",
+    }
+    second = client.get(f"/topics/war.{fmt}?page=2")
+    assert second.status_code == 200
+    assert titles(fmt, second.data) == ["Ukraine one"]  # a reader can go back past the limit
+    assert page_links(fmt, second.data) == {
+        "self": f"{feed}?page=2",
+        "first": feed,
+        "previous": feed,
+        "last": f"{feed}?page=2",
+    }
+    assert second.headers["ETag"] != first.headers["ETag"]
+    assert client.get(f"/topics/war.{fmt}?page=1").data == first.data
+
+
+def test_page_errors(client: FlaskClient) -> None:
+    assert client.get("/topics/war.rss?page=3").status_code == 404
+    assert "has 2 pages, not 3" in client.get("/topics/war.rss?page=3").get_data(as_text=True)
+    for bad in ("0", "-1", "two", ""):
+        response = client.get(f"/topics/war.rss?page={bad}")
+        assert response.status_code == 400, bad
+        assert "page: expected a page number" in response.get_data(as_text=True)
+    assert client.get("/topics/empty.atom?page=1").status_code == 200  # an empty topic has one page
+    assert client.get("/topics/empty.atom?page=2").status_code == 404
+
+
+def test_paged_atom_feeds_share_one_id(client: FlaskClient) -> None:
+    ids = [
+        etree.fromstring(client.get(f"/topics/war.atom?page={n}").data).findtext(f"{ATOM_NS}id")
+        for n in (1, 2)
+    ]
+    assert ids == ["http://feeds.test:8080/topics/war.atom"] * 2
+
+
+def test_strong_etag_and_conditional_requests_do_not_render(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = publish.render_feed
+
+    def counting(fmt: str, *args: Any, **kwargs: Any) -> bytes:
+        calls.append(fmt)
+        return real(fmt, *args, **kwargs)
+
+    monkeypatch.setattr(publish, "render_feed", counting)
+    response = client.get("/topics/war.atom")
+    etag = response.headers["ETag"]
+    assert etag.startswith('"') and not etag.startswith("W/")  # strong
+    assert response.headers["Cache-Control"] == "public, max-age=60"
+    assert client.get("/topics/war.atom").data == response.data  # cached bytes
+    assert client.get("/topics/war.atom", headers={"If-None-Match": etag}).status_code == 304
+    head = client.head("/topics/war.atom")
+    assert head.status_code == 200 and head.headers["ETag"] == etag and head.data == b""
+    assert calls == ["atom"]  # rendered once for this content version
+
+
+def test_websub_link_headers(sessions: sessionmaker[Session]) -> None:
+    app = create_app(TOPICS, sessions, "http://feeds.test", websub_hub="https://hub.example/")
+    client = app.test_client()
+    for fmt in ("rss", "atom", "json"):
+        response = client.get(f"/topics/empty.{fmt}")
+        assert response.headers["Link"] == (
+            f'<https://hub.example/>; rel="hub", <http://feeds.test/topics/empty.{fmt}>; rel="self"'
+        )
+        again = client.get(f"/topics/empty.{fmt}", headers={"If-None-Match": response.headers["ETag"]})
+        assert again.status_code == 304 and 'rel="hub"' in again.headers["Link"]
+    no_hub = create_app(TOPICS, sessions, "http://feeds.test").test_client()
+    assert "Link" not in no_hub.get("/topics/empty.rss").headers
+
+
+def test_icon_in_every_format(sessions: sessionmaker[Session]) -> None:
+    topic = Topic("iconic", "*", icon="https://feeds.test/icon.png")
+    with sessions.begin() as s:
+        store.sync_topics(s, {"iconic": "1"})
+    client = create_app([topic], sessions, "http://feeds.test").test_client()
+    atom = etree.fromstring(client.get("/topics/iconic.atom").data)
+    assert atom.findtext(f"{ATOM_NS}icon") == "https://feeds.test/icon.png"
+    rss = etree.fromstring(client.get("/topics/iconic.rss").data)
+    assert rss.findtext("channel/image/url") == "https://feeds.test/icon.png"
+    assert client.get("/topics/iconic.json").json["icon"] == "https://feeds.test/icon.png"

@@ -10,8 +10,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -20,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -79,6 +82,15 @@ class SourceRow(Base):
     last_new: Mapped[int] = mapped_column(Integer, default=0)
     next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # polite fetching (migration 0002)
+    retired: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # 410 Gone
+    redirect_candidate: Mapped[str | None] = mapped_column(Text)  # a 301/308 target seen once
+    url_reason: Mapped[str | None] = mapped_column(Text)  # why effective_url differs from url
+    next_due_reason: Mapped[str | None] = mapped_column(Text)  # the scheduling rule that set next_due_at
+    body_hash: Mapped[str | None] = mapped_column(String(64))  # sha256 of the last body stored
+    feed_ttl: Mapped[int | None] = mapped_column(Integer)  # seconds: RSS <ttl>
+    feed_update_every: Mapped[int | None] = mapped_column(Integer)  # seconds: sy:updatePeriod/Frequency
+    last_entries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ArticleRow(Base):
@@ -89,6 +101,7 @@ class ArticleRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     url: Mapped[str] = mapped_column(Text, unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    merged_into: Mapped[int | None] = mapped_column(Integer)  # a syndication merge joined it to this one
 
 
 class ItemRow(Base):
@@ -97,6 +110,7 @@ class ItemRow(Base):
         UniqueConstraint("source_id", "key", name="uq_items_source_key"),
         Index("ix_items_published", "published"),
         Index("ix_items_article_id", "article_id"),
+        Index("ix_items_story_id", "story_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -122,6 +136,7 @@ class ItemRow(Base):
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)  # first seen or last content change
     update_count: Mapped[int] = mapped_column(Integer, default=0)
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")  # Item.flags
 
 
 class TopicRow(Base):
@@ -143,3 +158,66 @@ class TopicItemRow(Base):
     topic: Mapped[str] = mapped_column(ForeignKey("topics.name", ondelete="CASCADE"), primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
     added_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TombstoneRow(Base):
+    """An item that retention pruned: its identity stays so that the feed cannot bring it back as new."""
+
+    __tablename__ = "tombstones"
+
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    pruned_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PollRow(Base):
+    """One poll of a source, kept for a bounded history (``python run.py sources --history NAME``)."""
+
+    __tablename__ = "poll_history"
+    __table_args__ = (Index("ix_poll_history_source_id_id", "source_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(20))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(Integer, default=0)
+    duration: Mapped[float] = mapped_column(Float, default=0.0)
+    entries: Mapped[int] = mapped_column(Integer, default=0)
+    new: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    next_due_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class FingerprintRow(Base):
+    """LSH band keys and exact-text keys of an item (migration 0004): candidates are found by indexed
+    lookups of ``key`` within a ``published`` window: the cost per new item does not grow with the store."""
+
+    __tablename__ = "fingerprints"
+    __table_args__ = (
+        Index("ix_fingerprints_key_published", "key", "published"),
+        Index("ix_fingerprints_item_id", "item_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(8))  # "text", "near" or "story"
+    key: Mapped[int] = mapped_column(BigInteger)
+    published: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MergeRow(Base):
+    """A syndication or story decision: ``item_id`` joined ``other_id``'s article or story, and why."""
+
+    __tablename__ = "merges"
+    __table_args__ = (Index("ix_merges_item_id", "item_id"), Index("ix_merges_other_id", "other_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    other_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    level: Mapped[str] = mapped_column(String(8))  # "article" or "story"
+    rule: Mapped[str] = mapped_column(String(16))  # url, text-hash, same-title, near-text, story
+    similarity: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

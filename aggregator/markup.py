@@ -1,0 +1,369 @@
+"""HTML for feed readers: nh3 sanitizing, absolute links, plain text with paragraphs, one-line titles, and
+removal of site furniture ("Advertisement:", "Read also: …") paragraph by paragraph.
+
+Pure: strings in, strings out. Which URL is canonical is urls.py's business; languages are language.py's.
+"""
+
+from __future__ import annotations
+
+import html as htmllib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from html.parser import HTMLParser
+from urllib.parse import urlsplit
+
+import nh3
+
+from aggregator.urls import HTTP_PORTS, resolve_url
+
+# --------------------------------------------------------------------------------------- boilerplate
+
+_END = r"[\s.:!…»›→>|\-–—]*"
+_TAIL = r"(?:\s*[:\-–—|»›→].*)?" + _END
+BOILERPLATE_PATTERNS = (
+    "advertisement" + _END,
+    "(?:sponsored|paid) (?:content|post)" + _END,
+    "support us" + _END,
+    "follow us on [\\w ,&]{1,60}" + _END,
+    "support up(?: or become our patron)?" + _END,
+    "become (?:our|a) patron" + _END,
+    "(?:read|see) (?:also|more)" + _TAIL,
+    "related(?: (?:stories|articles|content))?:.*",
+    "continue reading\\b.*",
+    "the post .+ appeared first on .+",
+    "(?:subscribe|sign up) (?:to|for) (?:our|the) newsletter\\b.*",
+    "click here to (?:subscribe|sign up|read more|continue reading)\\b.*",
+    "share (?:this|this article|this story|on facebook|on twitter|on x)" + _END,
+    # Ukrainian / Russian
+    "реклама" + _END,
+    "(?:читайте|дивіться) (?:також|ще)" + _TAIL,
+    "(?:читайте|смотрите) (?:также|еще|ещё)" + _TAIL,
+    "підтримайте (?:нас|уп|українську правду)" + _END,
+    "поддержите нас" + _END,
+    "(?:підписуйтеся|підписуйтесь|подписывайтесь) на .{1,60}",
+    "стань(?:те)? (?:нашим )?патроном.*",
+    # German, French, Spanish
+    "(?:anzeige|werbung)" + _END,
+    "(?:mehr lesen|weiterlesen)" + _END,
+    "lesen sie (?:auch|mehr)" + _TAIL,
+    "publicité" + _END,
+    "lire (?:aussi|la suite)" + _TAIL,
+    "publicidad" + _END,
+    "(?:lee|leer|lea) (?:también|más)" + _TAIL,
+)
+_BOILERPLATE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE_PATTERNS), re.IGNORECASE | re.DOTALL)
+_FURNITURE_MAX_CHARS = 300  # a longer paragraph is content, whatever it starts with
+
+
+@cache
+def boilerplate_pattern(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One case-insensitive regex for a source's own furniture patterns (each must match a whole line).
+
+    Raises re.error for a bad pattern (config.py validates them before they get here).
+    """
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE | re.DOTALL)
+
+
+def is_boilerplate(paragraph: str, extra: re.Pattern[str] | None = None) -> bool:
+    """True when the whole (whitespace-collapsed) paragraph is site furniture, not article text:
+    a built-in pattern, or one of ``extra`` (a source's own, from boilerplate_pattern), matches all of it."""
+    flat = " ".join(paragraph.split())
+    if not 0 < len(flat) <= _FURNITURE_MAX_CHARS:
+        return False
+    if _BOILERPLATE.fullmatch(flat) is not None:
+        return True
+    return extra is not None and extra.fullmatch(flat) is not None
+
+
+def remove_boilerplate_text(text: str, extra: re.Pattern[str] | None = None) -> str:
+    """Drop furniture lines from plain text; paragraphs left empty disappear."""
+    paragraphs = []
+    for para in text.split("\n\n"):
+        lines = [line for line in para.split("\n") if not is_boilerplate(line, extra)]
+        if any(line.strip() for line in lines):
+            paragraphs.append("\n".join(lines).strip("\n"))
+    return "\n\n".join(paragraphs)
+
+
+# --------------------------------------------------------------------------------------- HTML trees
+
+
+def _words(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+_VOID = frozenset({"br", "hr", "img", "wbr", "col", "area", "input", "meta", "link", "source", "base"})
+_SKIP = frozenset({"script", "style", "template", "noembed", "head", "title"})
+_BLOCK = _words(
+    "p div li ul ol dl dt dd blockquote pre h1 h2 h3 h4 h5 h6 figure figcaption table thead tbody "
+    "tfoot tr caption hr section article header footer aside nav main address details summary"
+)
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>|<!--|<!\[CDATA\[")
+
+
+@dataclass
+class _Node:
+    tag: str
+    attrs: list[tuple[str, str | None]] = field(default_factory=list)
+    children: list[_Node | str] = field(default_factory=list)
+
+
+class _TreeBuilder(HTMLParser):
+    """A forgiving element tree: unknown end tags are ignored, open elements close at the end."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = _Node("")
+        self._stack = [self.root]
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._skip or tag in _SKIP:
+            self._skip += tag in _SKIP
+            return
+        node = _Node(tag, attrs)
+        self._stack[-1].children.append(node)
+        if tag not in _VOID:
+            self._stack.append(node)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if not self._skip:
+            self._stack[-1].children.append(_Node(tag, attrs))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP:
+            self._skip = max(0, self._skip - 1)
+        elif not self._skip:
+            for i in range(len(self._stack) - 1, 0, -1):
+                if self._stack[i].tag == tag:
+                    del self._stack[i:]
+                    return
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self._stack[-1].children.append(data)
+
+
+def _parse(html: str) -> _Node:
+    builder = _TreeBuilder()
+    builder.feed(html)
+    builder.close()
+    return builder.root
+
+
+def _serialize(node: _Node) -> str:
+    out = []
+    for child in node.children:
+        if isinstance(child, str):
+            out.append(htmllib.escape(child, quote=False))
+            continue
+        attrs = "".join(
+            f" {k}" if v is None else f' {k}="{htmllib.escape(v, quote=True)}"' for k, v in child.attrs
+        )
+        out.append(f"<{child.tag}{attrs}>")
+        if child.tag not in _VOID:
+            out.append(f"{_serialize(child)}</{child.tag}>")
+    return "".join(out)
+
+
+def _flat_text(nodes: Iterable[_Node | str]) -> str:
+    return "".join(n if isinstance(n, str) else _flat_text(n.children) for n in nodes)
+
+
+def _has_image(nodes: Iterable[_Node | str]) -> bool:
+    return any(isinstance(n, _Node) and (n.tag == "img" or _has_image(n.children)) for n in nodes)
+
+
+def _prune(node: _Node, extra: re.Pattern[str] | None) -> bool:
+    """Remove furniture lines (runs of inline content between blocks and <br>); True if any went."""
+    changed = False
+    kept: list[_Node | str] = []
+    line: list[_Node | str] = []
+    for child in [*node.children, None]:
+        if isinstance(child, str) or (child is not None and not _breaks_line(child)):
+            line.append(child)
+            continue
+        dropped = bool(line) and not _has_image(line) and is_boilerplate(_flat_text(line), extra)
+        changed |= dropped
+        kept.extend([] if dropped else line)
+        line = []
+        if child is None or (dropped and child.tag == "br"):
+            continue
+        if child.tag != "br" and _prune(child, extra):
+            changed = True
+            if _emptied(child):
+                continue
+        kept.append(child)
+    node.children = kept
+    return changed
+
+
+def _breaks_line(node: _Node) -> bool:
+    return node.tag in _BLOCK or node.tag in ("br", "td", "th")
+
+
+def _emptied(node: _Node) -> bool:
+    """A block left with no text and no image (table cells stay, to keep the table's shape)."""
+    return node.tag not in ("td", "th", "tr") and not _flat_text([node]).strip() and not _has_image([node])
+
+
+# ------------------------------------------------------------------------------------ sanitizing HTML
+
+ALLOWED_TAGS = _words(
+    "p br a b strong i em u s del ins q cite small mark abbr time ul ol li dl dt dd blockquote pre code "
+    "kbd samp h1 h2 h3 h4 h5 h6 img figure figcaption table caption thead tbody tfoot tr th td hr sub "
+    "sup span div"
+)
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title", "hreflang"},
+    "img": {"src", "alt", "title", "width", "height"},
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan", "scope"},
+    "ol": {"start"},
+    "time": {"datetime"},
+    "abbr": {"title"},
+}
+_DROP_WITH_CONTENT = {"script", "style", "iframe", "form", "textarea", "select", "button", "object"}
+_DROP_WITH_CONTENT |= {"embed", "svg", "math", "template", "noembed", "head", "title", "frameset"}
+
+
+def clean_html(html: str, base: str | None, *, boilerplate: re.Pattern[str] | None = None) -> str:
+    """Sanitized HTML: safe tags only, absolute http(s) links and images, furniture paragraphs removed.
+
+    Text without any tag is treated as plain text (entities decoded) and wrapped in paragraphs, unless
+    decoding its entities reveals tags: then it was HTML escaped once too often.
+    Relative URLs with no ``base`` to resolve them are dropped; data: URLs survive only as the ``src``
+    of an image in a raster format (never SVG, which can carry script), up to MAX_DATA_IMAGE characters.
+    ``boilerplate`` adds a source's own furniture patterns to the built-in ones.
+    """
+    html = _strip_cdata(html)
+    if not _TAG.search(html):
+        decoded = htmllib.unescape(html)
+        html = decoded if _TAG.search(decoded) else _text_to_html(html)  # HTML escaped twice, or text
+    safe: str = nh3.clean(
+        html,
+        tags=set(ALLOWED_TAGS),
+        clean_content_tags=_DROP_WITH_CONTENT,
+        attributes={k: set(v) for k, v in ALLOWED_ATTRIBUTES.items()},
+        attribute_filter=_url_filter(base),
+        url_schemes={"http", "https", "mailto", "data"},  # data: is narrowed by _url_filter
+        link_rel="noopener noreferrer",
+        strip_comments=True,
+    )
+    tree = _parse(safe)
+    return (_serialize(tree) if _prune(tree, boilerplate) else safe).strip()
+
+
+def _strip_cdata(html: str) -> str:
+    """CDATA sections that reached us still wrapped (nh3 would drop them as bogus comments)."""
+    return html.replace("<![CDATA[", "").replace("]]>", "") if "<![CDATA[" in html else html
+
+
+MAX_DATA_IMAGE = 100_000  # characters of an inline image kept; larger ones are dropped
+_DATA_IMAGE = re.compile(r"data:image/(?:png|gif|jpeg|jpg|webp|avif|bmp);base64,[A-Za-z0-9+/=\s]+", re.I)
+
+
+def is_safe_data_image(url: str) -> bool:
+    """A base64 raster image (PNG, GIF, JPEG, WebP, AVIF, BMP) small enough to inline; never SVG."""
+    return len(url) <= MAX_DATA_IMAGE and _DATA_IMAGE.fullmatch(url.strip()) is not None
+
+
+def _url_filter(base: str | None) -> Callable[[str, str, str], str | None]:
+    def rewrite(tag: str, attr: str, value: str) -> str | None:
+        if attr not in ("href", "src"):
+            return value
+        if tag == "img" and attr == "src" and is_safe_data_image(value):
+            return "".join(value.split())
+        resolved = resolve_url(value, base)
+        scheme = urlsplit(resolved).scheme.lower() if resolved else ""
+        if scheme in HTTP_PORTS or (scheme == "mailto" and tag == "a"):
+            return resolved
+        return None
+
+    return rewrite
+
+
+def _plain_paragraphs(text: str) -> list[list[str]]:
+    text = htmllib.unescape(text).replace("\r\n", "\n").replace("\r", "\n")
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [" ".join(line.split()) for line in block.split("\n")]
+        if lines := [line for line in lines if line]:
+            paragraphs.append(lines)
+    return paragraphs
+
+
+def _text_to_html(text: str) -> str:
+    return "".join(
+        "<p>" + "<br>".join(htmllib.escape(line, quote=False) for line in lines) + "</p>"
+        for lines in _plain_paragraphs(text)
+    )
+
+
+# ------------------------------------------------------------------------------------------ plain text
+
+
+class _TextWriter:
+    def __init__(self) -> None:
+        self.paragraphs: list[str] = []
+        self.buffer: list[str] = []
+
+    def flush(self, preformatted: bool = False) -> None:
+        raw, self.buffer = "".join(self.buffer), []
+        if preformatted:
+            para = "\n".join(line.rstrip() for line in raw.split("\n")).strip("\n")
+        else:
+            lines = (" ".join(line.split()) for line in raw.split("\n"))
+            para = "\n".join(line for line in lines if line)
+        if para:
+            self.paragraphs.append(para)
+
+    def walk(self, node: _Node, pre: bool = False) -> None:
+        for child in node.children:
+            if isinstance(child, str):
+                self.buffer.append(child if pre else re.sub(r"\s+", " ", child))
+            elif child.tag == "br":
+                self.buffer.append("\n")
+            elif child.tag in ("td", "th"):
+                self.buffer.append(" ")
+                self.walk(child, pre)
+                self.buffer.append(" ")
+            elif child.tag in _BLOCK:
+                self.flush(pre)
+                self.walk(child, pre or child.tag == "pre")
+                self.flush(pre or child.tag == "pre")
+            else:
+                self.walk(child, pre)
+
+
+def html_to_text(html: str) -> str:
+    """Plain text: one paragraph per block element (blank line between), <br> as a newline."""
+    html = _strip_cdata(html)
+    if not _TAG.search(html):
+        return "\n\n".join("\n".join(lines) for lines in _plain_paragraphs(html))
+    writer = _TextWriter()
+    writer.walk(_parse(html))
+    writer.flush()
+    return "\n\n".join(writer.paragraphs)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
+
+
+def clean_title(title: str | None) -> str:
+    """A one-line plain-text title: tags and CDATA markers removed, entities decoded (even twice)."""
+    if not title:
+        return ""
+    text = title.replace("<![CDATA[", "").replace("]]>", "")
+    text = re.sub(r"<br\s*/?>", " ", text, flags=re.IGNORECASE)
+    text = _TAG.sub("", text)
+    for _ in range(3):  # "&amp;amp;" -> "&amp;" -> "&"
+        decoded = htmllib.unescape(text)
+        if decoded == text:
+            break
+        text = decoded
+    return " ".join(_CONTROL.sub("", text).split())

@@ -1,0 +1,203 @@
+"""Pure fingerprints for syndication and story grouping: tokens, exact text hash, MinHash LSH band keys
+and the similarities that verify a candidate. No database here: store/ keeps the band keys in an indexed
+table and asks these functions whether two items are the same article or the same story.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+from datasketch import MinHash
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_YEAR = re.compile(r"(19|20)\d\d")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+# Function words of the languages in the corpus: they say nothing about which event a report covers.
+_STOP_TEXT = """
+a an the and or but of in on at to for from by with as is are was were be been being has have had it its
+this that these those he she they them his her their we our you your i not no after before over under
+into out up down about than then so if will would can could may might says said say new more most also
+just who what when where which why how all any some one two three first last via der die das und oder
+ein eine von zu mit den dem des im ist sind le la les un une et du de des en el los las y por para con
+que se del al il di che per
+january february march april may june july august september october november december monday tuesday
+wednesday thursday friday saturday sunday today yesterday tomorrow week live livestream update updates
+video videos watch photos pictures news latest breaking opinion analysis explained
+"""
+STOPWORDS = frozenset(_STOP_TEXT.split())
+
+
+@dataclass(frozen=True, slots=True)
+class StoryParams:
+    """The tuned thresholds of rules 2 and 3 (bench/dedup_quality.py measures them)."""
+
+    min_exact_tokens: int = 12  # below this many tokens, an equal text is not evidence
+    min_near_tokens: int = 30  # below this many text tokens, no near-duplicate test
+    min_title_terms: int = 7  # a title with this many meaningful terms identifies a wire article
+    shingle: int = 3  # words per shingle for the near-duplicate MinHash
+    near_threshold: float = 0.8  # word-shingle Jaccard at or above which two texts are one article
+    near_bands: int = 20
+    near_rows: int = 6
+    lead_words: int = 40  # words of the text that join the title in the story similarity
+    story_bands: int = 12  # LSH over title terms, one value per band: candidates share a title term
+    story_rows: int = 1
+    story_threshold: float = 0.5  # share of the shorter title's terms two reports must have in common
+    story_min_shared: int = 2  # and at least this many title terms
+    story_jaccard: float = 0.1  # and at least this Jaccard of their title + lead terms
+    window_hours: int = 72  # only items published this close together can share a story
+    article_window_days: int = 30  # near-duplicate candidates are looked for this far back
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What store/ indexes for an item: one exact-text key and two sets of LSH band keys."""
+
+    text_key: int | None  # exact normalized text (None: too short to be evidence)
+    near_keys: tuple[int, ...]  # bands of the MinHash over word shingles of the text
+    story_keys: tuple[int, ...]  # bands of the MinHash over title terms
+    title_key: int | None = None  # exact long title (None: too short to identify an article)
+
+
+def tokens(value: str) -> list[str]:
+    """Case-folded words; runs of CJK characters become overlapping character bigrams.
+
+    >>> tokens("Hello, World 中国军网")
+    ['hello', 'world', '中国', '国军', '军网']
+    """
+    result: list[str] = []
+    for word in _WORD.findall(value.casefold()):
+        if _CJK.search(word):
+            result.extend(_cjk_grams(word))
+        else:
+            result.append(word)
+    return result
+
+
+def _cjk_grams(word: str) -> list[str]:
+    if len(word) < 2:
+        return [word]
+    return [word[i : i + 2] for i in range(len(word) - 1)]
+
+
+def shingles(words: Sequence[str], k: int) -> set[str]:
+    """Sets of ``k`` consecutive words (the whole sequence when shorter)."""
+    if len(words) <= k:
+        return {" ".join(words)} if words else set()
+    return {" ".join(words[i : i + k]) for i in range(len(words) - k + 1)}
+
+
+def story_terms(title: str, text: str, lead_words: int) -> frozenset[str]:
+    """Title words and the first ``lead_words`` words of the text, minus function words, stemmed."""
+    words = tokens(title) + tokens(text)[:lead_words]
+    return frozenset(_stem(w) for w in words if _meaningful(w))
+
+
+def title_terms(title: str) -> frozenset[str]:
+    """The words of a title that can say which event it reports: no function words, dates or years."""
+    return frozenset(_stem(w) for w in tokens(title) if _meaningful(w))
+
+
+def _meaningful(word: str) -> bool:
+    if word in STOPWORDS or _YEAR.fullmatch(word):
+        return False
+    return len(word) > 1 or word.isdigit()
+
+
+def _stem(word: str) -> str:
+    """A crude prefix stem for alphabetic words (evacuated/evacuation, vaccine/vaccinated)."""
+    return word[:6] if word.isalpha() and not _CJK.search(word) else word
+
+
+def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
+    sa, sb = set(a), set(b)
+    if not sa or not sb:
+        return 0.0
+    return len(sa & sb) / len(sa | sb)
+
+
+def overlap(a: Iterable[str], b: Iterable[str]) -> float:
+    """Shared terms over the size of the smaller set."""
+    sa, sb = set(a), set(b)
+    if not sa or not sb:
+        return 0.0
+    return len(sa & sb) / min(len(sa), len(sb))
+
+
+def text_key(title: str, text: str, params: StoryParams) -> int | None:
+    """A 63-bit key of the normalized text; titles join in when the text alone is short."""
+    words = tokens(text)
+    if len(words) < params.min_exact_tokens:
+        words = [*tokens(title), "\n", *words]
+        if len(words) < params.min_exact_tokens + 1:
+            return None
+    return _key("text", " ".join(words).encode())
+
+
+def near_shingles(text: str, params: StoryParams) -> set[str] | None:
+    """The word shingles compared for near-duplicate text, or None when the text is too short."""
+    words = tokens(text)
+    if len(words) < params.min_near_tokens:
+        return None
+    return shingles(words, params.shingle)
+
+
+def fingerprint(title: str, text: str, params: StoryParams) -> Fingerprint:
+    near = near_shingles(text, params)
+    near_keys = band_keys("near", near, params.near_bands, params.near_rows) if near else ()
+    terms = title_terms(title)
+    story_keys = band_keys("story", terms, params.story_bands, params.story_rows) if terms else ()
+    return Fingerprint(text_key(title, text, params), near_keys, story_keys, title_key(title, params))
+
+
+def title_key(title: str, params: StoryParams) -> int | None:
+    """A key of a long title, word for word: wire copies keep the agency's headline."""
+    if len(title_terms(title)) < params.min_title_terms:
+        return None
+    return _key("title", " ".join(tokens(title)).encode())
+
+
+def band_keys(kind: str, features: Iterable[str], bands: int, rows: int) -> tuple[int, ...]:
+    """LSH: the MinHash signature cut into ``bands`` bands of ``rows`` values, each hashed to a key."""
+    signature = minhash(features, bands * rows)
+    keys = []
+    for band in range(bands):
+        chunk = signature[band * rows : (band + 1) * rows]
+        keys.append(_key(f"{kind}:{band}", b"".join(v.to_bytes(4, "big") for v in chunk)))
+    return tuple(keys)
+
+
+def minhash(features: Iterable[str], num_perm: int) -> list[int]:
+    """datasketch's MinHash (affine32 scheme, fixed seed) as a list of 32-bit values."""
+    sketch = MinHash(num_perm=num_perm, scheme="affine32", permutations=_permutations(num_perm))
+    sketch.update_batch([f.encode("utf-8") for f in features])
+    return [int(v) for v in sketch.hashvalues]
+
+
+@cache
+def _permutations(num_perm: int) -> object:
+    return MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
+
+
+def _key(kind: str, payload: bytes) -> int:
+    digest = hashlib.blake2b(payload, digest_size=8, person=kind.encode()[:16]).digest()
+    return int.from_bytes(digest, "big") >> 1  # 63 bits: fits a signed BIGINT everywhere
+
+
+def story_similarity(title_a: str, text_a: str, title_b: str, text_b: str, params: StoryParams) -> float:
+    """The stricter test of a story candidate: the share of the shorter title's terms the two titles have
+    in common (two reports of one event share the headline's key words), or 0 when they share fewer than
+    ``story_min_shared`` terms or their title + lead terms overlap less than ``story_jaccard``."""
+    ta, tb = title_terms(title_a), title_terms(title_b)
+    if len(ta & tb) < min(params.story_min_shared, len(ta), len(tb)):
+        return 0.0
+    lead = jaccard(
+        story_terms(title_a, text_a, params.lead_words), story_terms(title_b, text_b, params.lead_words)
+    )
+    if lead < params.story_jaccard:
+        return 0.0
+    return overlap(ta, tb)

@@ -1,0 +1,99 @@
+"""`python run.py sources` tells an operator what happened to each source and why: status (ok, erroring,
+backing off, retired), effective URL and why, next due and which rule set it; `sources --history NAME`
+lists the recorded polls. Runs cli.main in process against a server on 127.0.0.1 and a SQLite file."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from aggregator import cli
+
+FEED = (
+    b'<rss version="2.0"><channel><title>T</title><item><guid>1</guid><title>a</title></item></channel></rss>'
+)
+
+
+def table(text: str) -> dict[str, list[str]]:
+    """Rows of a rich table by first cell; continuation lines joined cell by cell."""
+    rows: dict[str, list[str]] = {}
+    last = ""
+    for line in text.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if cells[0]:
+            last = cells[0]
+            rows[last] = cells
+        elif last:
+            rows[last] = [f"{a} {b}".strip() for a, b in zip(rows[last], cells, strict=True)]
+    return rows
+
+
+@pytest.fixture
+def config(tmp_path: Path, httpserver: HTTPServer) -> Path:
+    httpserver.expect_request("/ok").respond_with_data(FEED, content_type="application/rss+xml")
+    httpserver.expect_request("/gone").respond_with_data("", status=410)
+    httpserver.expect_request("/broken").respond_with_data("", status=500)
+    httpserver.expect_request("/old").respond_with_data("", status=301, headers={"Location": "/ok"})
+    path = tmp_path / "a.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+            database: sqlite:///{tmp_path / "db.sqlite"}
+            defaults: {{interval: 10m}}
+            sources:
+              - {{name: fine, url: "{httpserver.url_for("/ok")}"}}
+              - {{name: gone, url: "{httpserver.url_for("/gone")}"}}
+              - {{name: broken, url: "{httpserver.url_for("/broken")}"}}
+              - {{name: moved, url: "{httpserver.url_for("/old")}"}}
+            """),
+        encoding="utf-8",
+    )
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_sources_shows_status_effective_url_and_why(
+    config: Path, httpserver: HTTPServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "fetch", "--all", "--config", str(config))[0] == 1
+    code, out = run(capsys, "sources", "--config", str(config))
+    assert code == 0
+    rows = table(out)
+    assert [rows[n][1] for n in ("fine", "gone", "broken", "moved")] == ["ok", "retired", "erroring", "ok"]
+    assert "(interval 10m)" in rows["fine"][7] and rows["gone"][7] == "-"
+    assert "(backoff after 1 error: 10m)" in rows["broken"][7]
+    assert "HTTP 500 Internal Server Error" in rows["broken"][-1]
+    assert "the source is retired" in rows["gone"][-1]
+    assert rows["moved"][-1] == httpserver.url_for("/old")  # one 301 seen: not moved yet
+
+    assert run(capsys, "fetch", "--all", "--config", str(config))[0] == 1  # gone is no longer polled...
+    rows = table(run(capsys, "sources", "--config", str(config))[1])
+    assert rows["broken"][1] == "backing off"
+    assert "(backoff after 2 errors: 20m)" in rows["broken"][7]
+    ok, old = httpserver.url_for("/ok"), httpserver.url_for("/old")
+    assert (
+        rows["moved"][-1]
+        == f"{ok} (moved permanently (HTTP 301) from {old}, confirmed on 2 consecutive polls)"
+    )
+    assert [r.path for r, _ in httpserver.log].count("/gone") == 1  # ...but --all does not revive it
+
+
+def test_sources_history(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "fetch", "--all", "--config", str(config))
+    run(capsys, "fetch", "--source", "broken", "--config", str(config))
+    code, out = run(capsys, "sources", "--history", "broken", "--config", str(config))
+    assert code == 0
+    polls = [line for line in out.splitlines() if line.startswith("│ 2")]  # rows start with the date
+    assert len(polls) == 2 and all("│ error " in line and "│ 500 " in line for line in polls)
+    assert "backoff after 2 errors: 20m" in out and "HTTP 500 Internal Server Error" in out
+    code, out = run(capsys, "sources", "--history", "fine", "--config", str(config))
+    assert "│ updated " in out and "│ 1 " in out
+    assert run(capsys, "sources", "--history", "nope", "--config", str(config))[0] == 2
