@@ -89,6 +89,60 @@ def feed_server() -> Iterator[FeedServer]:
     server.close()
 
 
+GATE_FEED = b'<rss version="2.0"><channel><title>T</title><item><guid>1</guid></item></channel></rss>'
+
+
+class GateServer:
+    """A threaded server on 127.0.0.1 answering every path with a tiny feed. It holds each request until
+    ``gate`` opens (or ``hold`` seconds pass) and records the paths asked for and the peak of requests in
+    flight at once."""
+
+    def __init__(self, hold: float = 10.0) -> None:
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.active = self.peak = 0
+        self.paths: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with server.lock:
+                    server.active += 1
+                    server.peak = max(server.peak, server.active)
+                    server.paths.append(self.path)
+                server.gate.wait(hold)
+                with server.lock:
+                    server.active -= 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/rss+xml")
+                self.send_header("Content-Length", str(len(GATE_FEED)))
+                self.end_headers()
+                self.wfile.write(GATE_FEED)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_for(self, count: int) -> None:
+        for _ in range(200):
+            with self.lock:
+                if self.active >= count:
+                    return
+            threading.Event().wait(0.02)
+
+    def close(self) -> None:
+        self.gate.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import base64
 import gzip
-import threading
 import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import brotli
 import pytest
 import requests
+from conftest import GATE_FEED, GateServer
 from pytest_httpserver import HTTPServer
 
 from aggregator import fetch as fetch_module
@@ -219,62 +218,20 @@ def test_basic_auth_sent_to_the_source_host_only(httpserver: HTTPServer, session
 # --- per-host limits -------------------------------------------------------------------------------
 
 
-class CountingServer:
-    """A threaded server on 127.0.0.1 that holds each request until released (or 5 s) and records the
-    most requests it ever had in flight at once."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.active = self.peak = self.total = 0
-        self.release = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with server.lock:
-                    server.active += 1
-                    server.total += 1
-                    server.peak = max(server.peak, server.active)
-                server.release.wait(0.3)
-                with server.lock:
-                    server.active -= 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/rss+xml")
-                self.send_header("Content-Length", str(len(FEED)))
-                self.end_headers()
-                self.wfile.write(FEED)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def counting() -> Iterator[CountingServer]:
-    server = CountingServer()
+def counting() -> Iterator[GateServer]:
+    server = GateServer(hold=0.3)
     yield server
     server.close()
 
 
-def test_per_host_concurrency_is_never_exceeded(counting: CountingServer, session: requests.Session) -> None:
+def test_per_host_concurrency_is_never_exceeded(counting: GateServer, session: requests.Session) -> None:
     limits = HostLimits(per_host=2)
     sources = [src(counting.url(f"/feed-{i}"), name=f"s{i}") for i in range(8)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda s: fetch(session, s, limits=limits), sources))
-    assert all(r.body == FEED for r in results)
-    assert counting.total == 8
+    assert all(r.body == GATE_FEED for r in results)
+    assert len(counting.paths) == 8
     assert counting.peak == 2
 
 

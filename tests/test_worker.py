@@ -8,10 +8,10 @@ import functools
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+from conftest import GateServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import store
@@ -22,56 +22,6 @@ from aggregator.schedule import CLAIM_LEASE
 from aggregator.worker import Worker
 
 NOW = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
-FEED = b'<rss version="2.0"><channel><title>T</title><item><guid>1</guid></item></channel></rss>'
-
-
-class GateServer:
-    """Holds every request until ``gate`` opens; records the peak of requests in flight at once."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.lock = threading.Lock()
-        self.active = self.peak = 0
-        self.paths: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with server.lock:
-                    server.active += 1
-                    server.peak = max(server.peak, server.active)
-                    server.paths.append(self.path)
-                server.gate.wait(10)
-                with server.lock:
-                    server.active -= 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/rss+xml")
-                self.send_header("Content-Length", str(len(FEED)))
-                self.end_headers()
-                self.wfile.write(FEED)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait_for(self, count: int) -> None:
-        for _ in range(200):
-            with self.lock:
-                if self.active >= count:
-                    return
-            threading.Event().wait(0.02)
-
-    def close(self) -> None:
-        self.gate.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
