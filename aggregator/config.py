@@ -901,7 +901,6 @@ def _build_topic(model: TopicConfig) -> Topic:
         sources=tuple(model.sources.names),
         tags=tuple(model.sources.tags),
         language=tuple(model.language),
-        collapse_duplicates=_collapse(model) != "none",
         limit=model.limit,
         exclude_sources=tuple(model.exclude.names),
         exclude_tags=tuple(model.exclude.tags),

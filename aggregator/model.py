@@ -56,7 +56,6 @@ class Topic:
     sources: tuple[str, ...] = ()  # only these source names (empty: all)
     tags: tuple[str, ...] = ()  # only sources carrying one of these tags (empty: all)
     language: tuple[str, ...] = ()  # only items in these languages (empty: all)
-    collapse_duplicates: bool = False  # one entry per article seen from several sources
     limit: int = 50
     exclude_sources: tuple[str, ...] = ()  # never these source names
     exclude_tags: tuple[str, ...] = ()  # never sources carrying one of these tags

@@ -155,7 +155,7 @@ def as_yaml(settings: Settings) -> dict[str, Any]:
                 **{k: getattr(t, k) for k in ("name", "query", "title", "description", "limit")},
                 "sources": {"names": list(t.sources), "tags": list(t.tags)},
                 "language": list(t.language),
-                "collapse_duplicates": t.collapse_duplicates,
+                "collapse": t.collapse,
             }
             for t in settings.topics
         ],
@@ -311,7 +311,7 @@ def test_topic_sources_mapping_form(cfg: Path) -> None:
         """,
     )
     topic = load_config("a.yaml", env={}).topic("t")
-    assert (topic.sources, topic.tags, topic.collapse_duplicates, topic.limit) == (("a",), ("news",), True, 1)
+    assert (topic.sources, topic.tags, topic.collapse, topic.limit) == (("a",), ("news",), "article", 1)
     write("b.yaml", "topics: [{name: t, query: q, sources: null}]\n")
     assert load_config("b.yaml", env={}).topic("t").sources == ()
 

@@ -94,16 +94,16 @@ def test_a_story_topic_feed_has_one_entry_with_the_other_outlets(
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [
-        ("collapse: story", ("story", True)),
-        ("collapse: none", ("none", False)),
-        ("collapse_duplicates: true", ("article", True)),
-        ("collapse_duplicates: false", ("none", False)),
-        ("limit: 5", ("article", True)),
+        ("collapse: story", "story"),
+        ("collapse: none", "none"),
+        ("collapse_duplicates: true", "article"),
+        ("collapse_duplicates: false", "none"),
+        ("limit: 5", "article"),
     ],
 )
-def test_collapse_setting_and_its_alias(tmp_path: Path, setting: str, expected: tuple[str, bool]) -> None:
+def test_collapse_setting_and_its_alias(tmp_path: Path, setting: str, expected: str) -> None:
     topic = load_config(write_config(tmp_path, setting)).topics[0]
-    assert (topic.collapse, topic.collapse_duplicates) == expected
+    assert topic.collapse == expected
 
 
 def test_an_unknown_collapse_value_names_the_key(tmp_path: Path) -> None:

@@ -477,7 +477,7 @@ def test_an_updated_item_that_stops_matching_leaves_the_topic(
 def test_collapse_duplicates_shows_an_article_once(
     sessions: sessionmaker[Session], http: requests.Session, feed_server: FeedServer
 ) -> None:
-    both = Topic("both", "*", collapse_duplicates=True)
+    both = Topic("both", "*", collapse="article")
     sources = [serve(feed_server, "bbc-a", "bbc-news-2.xml"), serve(feed_server, "bbc-b", "bbc-news-2.xml")]
     ctx = open_context(sessions, sources, [both], real_fetch(http))
     poll_source(ctx, "bbc-a", NOW)
