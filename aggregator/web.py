@@ -130,12 +130,13 @@ def create_app(
         page = _page_number()
         with sessions() as s:
             stats = store.topic_stats(s).get(name)
+            entries = store.topic_entry_count(s, name, collapse=topic.collapse)
         last_change = (stats.last_change if stats else None) or EPOCH
         count = stats.count if stats else 0
-        pages = max(1, math.ceil(count / topic.limit))
+        pages = max(1, math.ceil(entries / topic.limit))
         if page > pages:
             abort(404, f"topic {name!r} has {pages} page{'s' * (pages != 1)}, not {page}")
-        version = f"{topic!r}|{base}|{fmt}|{page}|{count}|{last_change.isoformat()}"
+        version = f"{topic!r}|{base}|{fmt}|{page}|{count}|{entries}|{last_change.isoformat()}"
         etag = hashlib.sha256(version.encode()).hexdigest()[:32]
         feed_url = urls(name)[fmt]
         headers = {

@@ -91,6 +91,8 @@ def test_same_url_from_two_sources_is_one_article(s: Session) -> None:
     assert len(store.topic_items(s, "t", limit=10)) == 2
     collapsed = store.topic_items(s, "t", limit=10, collapse=True)
     assert [x.id for x in collapsed] == one
+    assert store.topic_entry_count(s, "t", collapse="article") == 1  # paging counts collapsed entries
+    assert store.topic_entry_count(s, "t", collapse="none") == 2
 
 
 def test_unknown_source_is_refused(s: Session) -> None:

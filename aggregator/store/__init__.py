@@ -23,6 +23,7 @@ from aggregator.store.repo import (
     stored_items,
     sync_sources,
     sync_topics,
+    topic_entry_count,
     topic_items,
     topic_stats,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "stored_items",
     "sync_sources",
     "sync_topics",
+    "topic_entry_count",
     "topic_items",
     "topic_stats",
     "upgrade",

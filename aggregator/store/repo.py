@@ -483,6 +483,19 @@ def topic_items(
     return with_sightings(s, items, members) if mode == "story" else items
 
 
+def topic_entry_count(s: Session, topic: str, *, collapse: str = "none") -> int:
+    """How many entries a topic's feed holds once collapsed: its pages are counted from this."""
+    members = select(TopicItemRow.item_id).where(TopicItemRow.topic == topic)
+    if collapse in ("article", "story"):
+        group = ItemRow.story_id if collapse == "story" else ItemRow.article_id
+        query = select(func.count(func.distinct(func.coalesce(group, -ItemRow.id)))).where(
+            ItemRow.id.in_(members)
+        )
+    else:
+        query = select(func.count()).select_from(members.subquery())
+    return s.scalar(query) or 0
+
+
 @dataclass(frozen=True)
 class TopicStats:
     """How many items a topic holds and when its content last changed (for ETag and Last-Modified)."""
