@@ -455,13 +455,26 @@ def _positive_int(value: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Console) -> int:
-    app = open_app(load(args))
-    return serve_forever(app, out, with_worker=True, with_web=True)
+    return _run_writer(load(args), out, with_web=True)
 
 
 def cmd_worker(args: argparse.Namespace, out: Console) -> int:
-    app = open_app(load(args))
-    return serve_forever(app, out, with_worker=True, with_web=False)
+    return _run_writer(load(args), out, with_web=False)
+
+
+def _run_writer(settings: Settings, out: Console, *, with_web: bool) -> int:
+    """``run`` / ``worker``: SQLite is migrated on start and held by one such process (a lock file);
+    PostgreSQL, shared by many processes, must be migrated first with ``db upgrade``."""
+    engine = open_engine(settings)
+    if engine.dialect.name == "postgresql":
+        store.ensure_current(engine, f"python run.py db upgrade --config {settings.path}")
+    lock = store.WriterLock(engine)
+    engine.dispose()
+    try:
+        app = open_app(settings)
+        return serve_forever(app, out, with_worker=True, with_web=with_web)
+    finally:
+        lock.release()
 
 
 def cmd_serve(args: argparse.Namespace, out: Console) -> int:

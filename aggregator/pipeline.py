@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import store
@@ -37,6 +38,7 @@ from aggregator.stories import StoryParams
 from aggregator.topics import MatchDoc, TopicMatcher
 
 log = logging.getLogger(__name__)
+STORE_ATTEMPTS = 3  # a store transaction that lost SQLite's write lock is tried again this many times
 
 Fetcher = Callable[[Source, FetchState | None], FetchResult]
 
@@ -95,12 +97,32 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
         log.exception("source %r: unexpected error", name)
         message = f"source {name!r}: internal error: {type(e).__name__}: {e}"
         return _failed(ctx, source, state, started, now, message, None)
-    try:
-        return _store(ctx, source, result, state, parsed.meta, items, problem, started, now)
-    except Exception as e:  # the transaction rolled back: nothing of this poll was written
-        log.exception("source %r: could not store the poll", name)
-        message = f"source {name!r}: store: {type(e).__name__}: {e}"
-        return _failed(ctx, source, state, started, now, message, result.status)
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            return _store(ctx, source, result, state, parsed.meta, items, problem, started, now)
+        except OperationalError as e:  # SQLite: another writer won the lock; the work is redone whole
+            if attempt == STORE_ATTEMPTS or "locked" not in str(e):
+                return _store_failed(ctx, source, state, started, now, e, result.status)
+            log.info("source %r: database busy, storing again (attempt %d)", name, attempt + 1)
+            time.sleep(0.2 * attempt)
+        except Exception as e:
+            return _store_failed(ctx, source, state, started, now, e, result.status)
+    raise AssertionError("unreachable")
+
+
+def _store_failed(
+    ctx: Context,
+    source: Source,
+    state: FetchState | None,
+    started: float,
+    now: datetime,
+    error: Exception,
+    http_status: int | None,
+) -> PollOutcome:
+    """The store transaction rolled back: nothing of this poll was written; record why."""
+    log.error("source %r: could not store the poll", source.name, exc_info=error)
+    message = f"source {source.name!r}: store: {type(error).__name__}: {error}"
+    return _failed(ctx, source, state, started, now, message, http_status)
 
 
 def _normalize(
@@ -313,7 +335,7 @@ def _permanent_target(result: FetchResult, requested: str) -> str | None:
     return url if url != requested else None
 
 
-def _failed(
+def _record_failure(
     ctx: Context,
     source: Source,
     state: FetchState | None,
@@ -344,6 +366,25 @@ def _failed(
         store.record_poll(s, outcome, now=now)
     _log(outcome)
     return outcome
+
+
+def _failed(
+    ctx: Context,
+    source: Source,
+    state: FetchState | None,
+    started: float,
+    now: datetime,
+    message: str,
+    http_status: int | None,
+    retry_after: str | None = None,
+) -> PollOutcome:
+    """Record a failed poll; if even that cannot be written, log it and still return the outcome (the
+    source stays claimed until its lease ends, then it is polled again): poll_source never raises."""
+    try:
+        return _record_failure(ctx, source, state, started, now, message, http_status, retry_after)
+    except Exception:
+        log.exception("source %r: could not record the failure %r", source.name, message)
+        return PollOutcome(source.name, "error", now, http_status=http_status, error=message)
 
 
 def _not_modified(

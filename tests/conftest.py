@@ -1,10 +1,15 @@
-"""Shared fixtures: paths to the shared corpus and a fresh, migrated SQLite store per test."""
+"""Shared fixtures: the shared corpus, a fresh migrated store per test (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import os
+import queue
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,10 +26,102 @@ REAL = CORPUS / "real"
 VALIDATORS = SHARED / "validators"
 
 
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+
+
+@functools.cache
+def postgres_unreachable() -> str | None:
+    """Why the PostgreSQL server on 127.0.0.1:5432 cannot be used for tests (None when it can)."""
+    try:
+        import psycopg
+    except ImportError as e:  # pragma: no cover - psycopg is a dependency
+        return f"psycopg is not installed: {e}"
+    try:
+        with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=3):
+            return None
+    except psycopg.Error as e:
+        return f"PostgreSQL on {PG_HOST}:{PG_PORT} is not reachable: {e}"
+
+
+PG_ADMIN = {"host": PG_HOST, "port": PG_PORT, "user": PG_USER, "dbname": "postgres", "autocommit": True}
+
+
+def _pg_admin(statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(**PG_ADMIN) as connection:
+        connection.execute(statement)
+
+
+class _Dropper:
+    """Drops test databases in a background thread: DROP DATABASE waits for a checkpoint (~0.5 s), which
+    need not hold up the next test. ``close`` waits for every drop."""
+
+    def __init__(self) -> None:
+        self.names: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (name := self.names.get()) is not None:
+            with contextlib.suppress(Exception):
+                _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        self.names.put(None)
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def postgres_database(template: str | None = None, dropper: _Dropper | None = None) -> Iterator[str]:
+    """A fresh, uniquely named PostgreSQL database (its SQLAlchemy URL), dropped afterwards; a copy of
+    ``template`` when given, else empty."""
+    name = f"agg_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    _pg_admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    _pg_admin(f'ALTER DATABASE "{name}" SET synchronous_commit TO off')  # tests need no durability
+    try:
+        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        if dropper is None:
+            _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        else:
+            dropper.names.put(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[tuple[str, _Dropper]]:
+    """A migrated database that each test's database is copied from (faster than migrating each one)."""
+    reason = postgres_unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    dropper = _Dropper()
+    with postgres_database() as url:
+        engine = store.make_engine(url)
+        store.upgrade(engine)
+        engine.dispose()
+        yield url.rsplit("/", 1)[1], dropper
+        dropper.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of each dialect: a SQLite file, or a database of its own on the local
+    PostgreSQL (skipped with the reason when that server cannot be reached)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+        engine = store.make_engine(url)
+        store.upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    template, dropper = request.getfixturevalue("postgres_template")
+    with postgres_database(template, dropper) as url:
+        yield url
+
+
 @pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = store.make_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    store.upgrade(engine)
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = store.make_engine(database_url)
     yield store.make_sessionmaker(engine)
     engine.dispose()
 

@@ -545,3 +545,37 @@ def test_a_source_losing_a_tag_recomputes_the_topic_on_restart(
 
     open_context(sessions, news_sources(feed_server, bbc_tags=("news",)), [UK_COVID], real_fetch(http))
     assert member_ids(sessions, UK_COVID) == set()
+
+
+@needs_corpus
+def test_a_busy_database_is_retried_and_a_dead_one_never_raises(
+    sessions: sessionmaker[Session],
+    http: requests.Session,
+    feed_server: FeedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    real_save = store.save_items
+    busy = [2]  # the first two store attempts lose the write lock, as under SQLite contention
+
+    def save_items(*args: Any, **kwargs: Any) -> Any:
+        if busy[0]:
+            busy[0] -= 1
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(store, "save_items", save_items)
+    monkeypatch.setattr(aggregator.pipeline.time, "sleep", lambda _s: None)
+    ctx = open_context(sessions, [serve(feed_server, "aje", "aljazeera-1.xml")], [], real_fetch(http))
+    outcome = poll_source(ctx, "aje", NOW)
+    assert outcome.ok and outcome.new == 15 and busy == [0]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("UPDATE", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(store, "save_items", broken)
+    monkeypatch.setattr(store, "record_poll", broken)  # not even the failure can be written
+    feed_server.routes["/aje.xml"] = REAL / "aljazeera-2.xml"
+    outcome = poll_source(ctx, "aje", NOW)
+    assert not outcome.ok and "disk I/O error" in (outcome.error or "")

@@ -1,6 +1,13 @@
 """The store: the only package that touches the database (SQLAlchemy 2.x, SQLite or PostgreSQL)."""
 
-from aggregator.store.engine import make_engine, make_sessionmaker, schema_revision, upgrade
+from aggregator.store.engine import (
+    WriterLock,
+    ensure_current,
+    make_engine,
+    make_sessionmaker,
+    schema_revision,
+    upgrade,
+)
 from aggregator.store.repo import (
     PollRecord,
     PruneResult,
@@ -46,9 +53,11 @@ __all__ = [
     "SaveResult",
     "ScheduleInputs",
     "TopicStats",
+    "WriterLock",
     "add_topic_items",
     "claim_due_sources",
     "count_items",
+    "ensure_current",
     "explain_item",
     "fetch_state",
     "item_topics",

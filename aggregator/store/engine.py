@@ -6,9 +6,11 @@ transactions (``with sessionmaker.begin() as s``).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
@@ -87,3 +89,61 @@ def schema_revision(engine: Engine) -> tuple[str | None, str | None]:
     except SQLAlchemyError as e:
         raise StoreError(f"store: cannot open database {engine.url.render_as_string()}: {e}") from e
     return current, head
+
+
+class WriterLock:
+    """An exclusive lock file beside a SQLite database: one ``worker`` or ``run`` process per file.
+
+    With PostgreSQL, or an in-memory SQLite database, it holds nothing (workers coordinate in the
+    database). The lock is an ``flock``: the kernel releases it when the process ends, however it ends.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.path: Path | None = None
+        self._file: IO[str] | None = None
+        url = engine.url
+        database = url.database or ""
+        if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+            return
+        if database.startswith("file:"):
+            return
+        self.path = Path(database).expanduser().resolve().with_name(Path(database).name + ".lock")
+        self._acquire(url.render_as_string())
+
+    def _acquire(self, shown: str) -> None:
+        assert self.path is not None
+        try:
+            handle = self.path.open("a+", encoding="utf-8")
+        except OSError as e:
+            raise StoreError(f"store: cannot create the lock file {self.path}: {e}") from e
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StoreError(
+                f"store: {shown} is already used by a worker ({holder}, lock file {self.path}); with "
+                "SQLite only one `worker` or `run` process may write a database: stop the other one, or "
+                "move to PostgreSQL to run several workers (`serve` processes may run beside it)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def ensure_current(engine: Engine, fix: str) -> None:
+    """Refuse an outdated schema: ``fix`` names the command that migrates it."""
+    current, head = schema_revision(engine)
+    if current != head:
+        raise StoreError(
+            f"store: the database schema is at {current or 'nothing'}, this version needs {head}: "
+            f"run `{fix}` first"
+        )

@@ -151,7 +151,7 @@ def record_poll(
         row.etag, row.last_modified = state.etag, state.last_modified
         row.body_hash, row.redirect_candidate = state.body_hash, state.redirect_candidate
     if meta is not None:
-        row.title = meta.title or row.title
+        row.title = _no_nul(meta.title) if meta.title else row.title
         row.link = meta.link or row.link
         row.feed_ttl = _seconds(meta.ttl)
         row.feed_update_every = _seconds(meta.update_every)
@@ -290,13 +290,18 @@ def _article_id(s: Session, url: str | None, now: datetime) -> int | None:
     return s.scalar(select(ArticleRow.id).where(ArticleRow.url == url))
 
 
+def _no_nul(text: str) -> str:
+    """PostgreSQL text cannot hold NUL characters (SQLite can): the store drops them on both."""
+    return text.replace("\x00", "")
+
+
 def _item_values(item: Item) -> dict[str, Any]:
     return {
         "url": item.url,
         "link": item.link,
-        "title": item.title,
-        "html": item.html,
-        "text": item.text,
+        "title": _no_nul(item.title),
+        "html": _no_nul(item.html),
+        "text": _no_nul(item.text),
         "updated": item.updated,
         "language": item.language,
         "authors": list(item.authors),
