@@ -4,12 +4,10 @@ working directory, on configs whose sources are real feed files served on 127.0.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REAL, ROOT, VALIDATORS, FeedServer, free_port
+from conftest import REAL, VALIDATORS, FeedServer, free_port
 from feedcheck import jsonfeed_validator
+from runcli import TIMEOUT, environment, finish, start
 
 pytestmark = pytest.mark.skipif(not REAL.exists(), reason="shared corpus missing")
 
-RUN = ROOT / "run.py"
-TIMEOUT = 60  # seconds per command; every one finishes in a few
 ATOM_RNG = VALIDATORS / "atom-schema" / "atom.rng"
 EXPORT_FIELDS = {
     "id",
@@ -48,38 +45,6 @@ EXPORT_FIELDS = {
 GOOD = {"bbc": "/bbc.xml", "fireball": "/fireball.json", "register": "/register.atom"}
 FILES = {"/bbc.xml": "bbc-news-1.xml", "/fireball.json": "daringfireball-3.json"}
 FILES["/register.atom"] = "theregister-1.atom"
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """The caller's environment as an operator's shell would have it: no config override, buffered
-    output, no forced colours."""
-    drop = {"AGGREGATOR_CONFIG", "PYTHONUNBUFFERED", "FORCE_COLOR"}
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    return env | extra
-
-
-def start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(RUN), *args],
-        cwd=cwd,
-        env=env or environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-    )
-
-
-def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
-    """Wait for ``proc`` (killing it after TIMEOUT); its output must not hold a traceback."""
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    assert "Traceback" not in stdout + stderr, stdout + stderr
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

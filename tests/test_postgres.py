@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, postgres_database, postgres_unreachable
+from conftest import free_port, postgres_database, postgres_unreachable
+from runcli import TIMEOUT, environment, finish
+from runcli import start as start_cli
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,8 +23,6 @@ from aggregator import store
 from aggregator.errors import StoreError
 from aggregator.model import Item, Source
 
-RUN = ROOT / "run.py"
-TIMEOUT = 60
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -38,27 +37,7 @@ def pg_url() -> Iterator[str]:
 
 
 def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"AGGREGATOR_CONFIG", "FORCE_COLOR"}}
-    return subprocess.Popen(
-        [sys.executable, str(RUN), *args],
-        cwd=cwd,
-        env=env | {"PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-    )
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    assert "Traceback" not in stdout + stderr, stdout + stderr
-    return proc.returncode, stdout, stderr
+    return start_cli(cwd, *args, env=environment(PYTHONUNBUFFERED="1"))
 
 
 def started_worker(cwd: Path, config: str) -> subprocess.Popen[str]:
@@ -66,13 +45,13 @@ def started_worker(cwd: Path, config: str) -> subprocess.Popen[str]:
     proc = start(cwd, "worker", "--config", config)
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line.startswith("worker polling"), line + finish(proc)[2]
+    assert line.startswith("worker polling"), line + finish(proc).stderr
     return proc
 
 
 def stop(proc: subprocess.Popen[str]) -> int:
     proc.send_signal(signal.SIGTERM)
-    return finish(proc)[0]
+    return finish(proc).returncode
 
 
 def test_migrations_create_the_schema_on_an_empty_postgresql_database(pg_url: str) -> None:
@@ -144,7 +123,8 @@ def test_second_sqlite_worker_is_refused_while_serve_may_read(tmp_path: Path) ->
     first = started_worker(tmp_path, "one.yaml")
     try:
         for command in ("worker", "run"):
-            code, _, stderr = finish(start(tmp_path, command, "--config", "one.yaml"))
+            done = finish(start(tmp_path, command, "--config", "one.yaml"))
+            code, stderr = done.returncode, done.stderr
             assert code == 1, stderr
             assert "sqlite:///data/one.db is already used by a worker (pid" in stderr
             assert f"lock file {tmp_path / 'data' / 'one.db.lock'}" in stderr
@@ -176,11 +156,13 @@ def test_worker_refuses_an_outdated_postgresql_schema_until_db_upgrade(tmp_path:
         f"database: {pg_url}\nsources:\n  - {{name: local, url: 'http://127.0.0.1:{free_port()}/f.xml'}}\n"
     )
     for command in ("worker", "serve"):  # `run` shares the check of `worker`
-        code, _, stderr = finish(start(tmp_path, command, "--config", "pg.yaml"))
+        done = finish(start(tmp_path, command, "--config", "pg.yaml"))
+        code, stderr = done.returncode, done.stderr
         assert code == 1, stderr
         assert "the database schema is at nothing" in stderr
         assert f"run `python run.py db upgrade --config {tmp_path / 'pg.yaml'}` first" in stderr
-    code, _, stderr = finish(start(tmp_path, "db", "upgrade", "--config", "pg.yaml"))
+    done = finish(start(tmp_path, "db", "upgrade", "--config", "pg.yaml"))
+    code, stderr = done.returncode, done.stderr
     assert code == 0, stderr
     workers = [started_worker(tmp_path, "pg.yaml") for _ in range(2)]  # PostgreSQL takes several
     assert [stop(w) for w in workers] == [0, 0]
