@@ -44,3 +44,20 @@ def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
         raise
     assert "Traceback" not in stdout + stderr, stdout + stderr
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def table(text: str) -> dict[str, list[str]]:
+    """Body rows of a rich table by first cell; a continuation line (empty first cell) is joined to its
+    row cell by cell, so a cell's text reads whole."""
+    rows: dict[str, list[str]] = {}
+    last = ""
+    for line in text.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if cells[0]:
+            last = cells[0]
+            rows[last] = cells
+        elif last:
+            rows[last] = [f"{a} {b}".strip() for a, b in zip(rows[last], cells, strict=True)]
+    return rows

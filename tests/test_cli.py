@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import REAL, VALIDATORS, FeedServer, free_port
 from feedcheck import jsonfeed_validator
-from runcli import TIMEOUT, environment, finish, start
+from runcli import TIMEOUT, environment, finish, start, table
 
 pytestmark = pytest.mark.skipif(not REAL.exists(), reason="shared corpus missing")
 
@@ -59,23 +59,6 @@ def wait(proc: subprocess.Popen[str]) -> int:
         proc.kill()
         proc.wait()
         raise
-
-
-def table(text: str) -> dict[str, list[str]]:
-    """Body rows of a rich table by first cell; a continuation line (empty first cell) is joined to its
-    row cell by cell, so a cell's text reads whole."""
-    rows: dict[str, list[str]] = {}
-    last = ""
-    for line in text.splitlines():
-        if not line.startswith("│"):
-            continue
-        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
-        if cells[0]:
-            last = cells[0]
-            rows[last] = cells
-        elif last:
-            rows[last] = [f"{a} {b}".strip() for a, b in zip(rows[last], cells, strict=True)]
-    return rows
 
 
 class RecordingFeedServer(FeedServer):

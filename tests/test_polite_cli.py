@@ -9,28 +9,13 @@ from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
+from runcli import table
 
 from aggregator import cli
 
 FEED = (
     b'<rss version="2.0"><channel><title>T</title><item><guid>1</guid><title>a</title></item></channel></rss>'
 )
-
-
-def table(text: str) -> dict[str, list[str]]:
-    """Rows of a rich table by first cell; continuation lines joined cell by cell."""
-    rows: dict[str, list[str]] = {}
-    last = ""
-    for line in text.splitlines():
-        if not line.startswith("│"):
-            continue
-        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
-        if cells[0]:
-            last = cells[0]
-            rows[last] = cells
-        elif last:
-            rows[last] = [f"{a} {b}".strip() for a, b in zip(rows[last], cells, strict=True)]
-    return rows
 
 
 @pytest.fixture
