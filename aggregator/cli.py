@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -36,8 +36,11 @@ from aggregator.errors import AggregatorError, ConfigError, StoreError
 from aggregator.fetch import HostLimits, fetch, make_session
 from aggregator.model import PollOutcome, SourceHealth, StoredItem
 from aggregator.pipeline import Context, backfill_topics, poll_source, topic_definitions
-from aggregator.schedule import CLAIM_LEASE
+from aggregator.stages import Stages, limit_malloc_arenas
 from aggregator.topics import MatchDoc, compile_query
+
+if TYPE_CHECKING:
+    from aggregator.worker import Worker
 
 DEFAULT_CONFIG = "config/aggregator.yaml"
 log = logging.getLogger("aggregator")
@@ -77,12 +80,15 @@ def open_app(settings: Settings, *, migrate: bool = True) -> App:
     sessions = store.make_sessionmaker(engine)
     http = make_session(pool_size=max(10, settings.worker.threads))
     limits = HostLimits(settings.worker.per_host, host_retry_after=settings.worker.host_retry_after)
+    writers = 1 if engine.dialect.name == "sqlite" else settings.worker.threads  # SQLite: one writer
+    limit_malloc_arenas()  # before the polling threads start: their arenas would keep ~50 MB idle
     ctx = Context.build(
         settings.sources,
         settings.topics,
         sessions,
         partial(fetch, http, limits=limits),
         on_topics_changed=_pinger(settings),
+        stages=Stages.build(processes=settings.worker.parse_processes, writers=writers),
     )
     if migrate:
         with sessions.begin() as s:
@@ -102,7 +108,8 @@ def _pinger(settings: Settings) -> Callable[[Sequence[str]], None] | None:
 
     def ping(names: Sequence[str]) -> None:
         base = settings.server.base_url
-        websub.ping_hub(hub, [url for name in names for url in publish.topic_feed_urls(base, name).values()])
+        urls = [url for name in names for url in publish.topic_feed_urls(base, name).values()]
+        websub.ping_later(hub, urls, settle=publish.REVALIDATE)  # once every server serves the change
 
     return ping
 
@@ -110,7 +117,8 @@ def _pinger(settings: Settings) -> Callable[[Sequence[str]], None] | None:
 def open_engine(settings: Settings) -> Engine:
     """The store's engine; a ``database:`` URL that cannot be used is a configuration error (exit 2)."""
     try:
-        return store.make_engine(settings.database)
+        pool = settings.database_pool
+        return store.make_engine(settings.database, store.Pool(pool.size, pool.overflow, pool.timeout))
     except StoreError as e:
         raise ConfigError(f"{settings.path}: database: {e}") from e
 
@@ -140,12 +148,17 @@ def cmd_fetch(args: argparse.Namespace, out: Console) -> int:
             retired = {h.name for h in store.source_health(s) if h.retired}
         names = [n for n, s in known.items() if s.enabled and n not in retired]
     else:
+        owner = store.new_owner("fetch")
+        lease = timedelta(seconds=app.settings.worker.lease)
         with app.sessions.begin() as s:
-            names = store.claim_due_sources(s, now(), lease=CLAIM_LEASE, limit=len(known) or 1)
+            names = store.claim_due_sources(s, now(), lease=lease, limit=len(known) or 1, owner=owner)
     if not names:
         out.print("no source is due yet (see `python run.py sources`); `fetch --all` polls every source")
         return 0
     outcomes = poll_many(app, names, out)
+    if not (args.source or args.all):
+        with app.sessions.begin() as s:  # a poll that could not record its outcome: due again at once
+            store.release_leases(s, owner)
     out.print(outcome_table(outcomes))
     failed = [o for o in outcomes if not o.ok]
     new = sum(o.new for o in outcomes)
@@ -487,7 +500,6 @@ def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) 
     from waitress import create_server
 
     from aggregator.web import create_app
-    from aggregator.worker import Worker
 
     settings = app.settings
     stop = threading.Event()
@@ -503,17 +515,14 @@ def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) 
                 f"cannot listen on {settings.server.host}:{settings.server.port}: {e.strerror or e} "
                 f"(change server.port in {settings.path})"
             ) from e
-    worker = (
-        Worker(app.ctx, tick=settings.worker.tick, threads=settings.worker.threads) if with_worker else None
-    )
+    worker = make_worker(app) if with_worker else None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # only flag and wake the loop: the handler may run while the main thread holds waitress's
+        # locks (stopping the server from here deadlocked `serve` under load)
         stop.set()
         if server is not None:
-            # let requests in flight finish first: closing under a running task makes waitress log a
-            # traceback (its trigger pipe is gone when the task wakes the loop)
-            server.task_dispatcher.shutdown(timeout=2)
-            server.close()  # makes server.run() return
+            server.pull_trigger()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -521,11 +530,7 @@ def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) 
             worker.start()
         if server is not None:
             announce(app, out)
-            try:
-                server.run()
-            except (OSError, ValueError):  # the listening socket was closed by the signal handler
-                if not stop.is_set():
-                    raise
+            run_until(server, stop)
         else:
             out.print(f"worker polling {len(settings.sources)} sources; Ctrl-C to stop", highlight=False)
             stop.wait()
@@ -535,6 +540,38 @@ def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def run_until(server: Any, stop: threading.Event) -> None:
+    """Run waitress's loop until ``stop`` is set; then let requests in flight finish (2 s at most) and
+    close the listening socket and every client connection."""
+    from waitress import wasyncore
+
+    try:
+        while not stop.is_set():
+            wasyncore.loop(timeout=1.0, map=server._map, use_poll=True, count=1)
+    finally:
+        server.task_dispatcher.shutdown(timeout=2)
+        server.close()
+        wasyncore.close_all(server._map, ignore_all=True)
+
+
+def make_worker(app: App) -> Worker:
+    """The worker with the configured threads, tick, lease, batch and cross-worker per-host limit."""
+    from aggregator.worker import Worker
+
+    w = app.settings.worker
+    lease = timedelta(seconds=w.lease)
+    longest = max((s.timeout for s in app.settings.sources), default=0.0)
+    if 2 * longest >= w.lease:  # a poll starts with at least half its lease to run
+        log.warning(
+            "worker.lease (%s) is not more than twice the longest source timeout (%.0f s): a slow poll "
+            "may outlive its lease and be taken by another worker (%s)",
+            lease,
+            longest,
+            app.settings.path,
+        )
+    return Worker(app.ctx, tick=w.tick, threads=w.threads, lease=lease, batch=w.batch, per_host=w.per_host)
 
 
 def announce(app: App, out: Console) -> None:
@@ -614,8 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("apscheduler", "waitress.queue"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # waitress warns "Task queue depth is N" on every request under load
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     to_stderr = func is cmd_export
     stream = sys.stderr if to_stderr else sys.stdout
     out = Console(stderr=to_stderr, width=None if stream.isatty() else 200)

@@ -37,6 +37,7 @@ from aggregator.model import Source, Topic
 
 __all__ = [
     "DEFAULT_DATABASE",
+    "PoolSettings",
     "RetentionSettings",
     "ServerSettings",
     "Settings",
@@ -71,6 +72,18 @@ class WorkerSettings:
     threads: int = 4
     per_host: int = 2  # requests in flight to one host at most, across all its sources
     host_retry_after: bool = True  # a host's 429/503 Retry-After also holds back its other sources
+    lease: float = 600.0  # seconds a claimed source stays with its worker unless polled or released
+    batch: int | None = None  # sources claimed and queued at most; None: twice ``threads``
+    parse_processes: int = 0  # parse in a pool of this many processes; 0: in the polling threads
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """The database connection pool of each process (SQLAlchemy QueuePool)."""
+
+    size: int = 10  # connections kept open
+    overflow: int = 10  # more opened under load, closed when returned
+    timeout: float = 30.0  # seconds to wait for a free connection before the operation fails
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class Settings:
     topics: tuple[Topic, ...] = ()
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     websub_hub: str | None = None  # WebSub hub URL (Link rel="hub", publish pings)
+    database_pool: PoolSettings = field(default_factory=PoolSettings)
 
     def source(self, name: str) -> Source:
         """The source called ``name``; KeyError if there is none."""
@@ -322,6 +336,22 @@ class WorkerConfig(_Section):
     host_retry_after: bool = Field(
         default=True, description="a host's 429/503 Retry-After also holds back its other sources"
     )
+    lease: Duration = Field(
+        default=timedelta(minutes=10),
+        description="how long a claimed source stays with its worker if the worker dies before polling it",
+    )
+    batch: int | None = Field(
+        default=None, ge=1, le=10_000, description="sources claimed per tick at most (default: twice threads)"
+    )
+    parse_processes: int = Field(
+        default=0, ge=0, le=64, description="parse feeds in a pool of this many processes (0: in the threads)"
+    )
+
+
+class PoolConfig(_Section):
+    size: int = Field(default=10, ge=1, le=1000, description="database connections kept open per process")
+    overflow: int = Field(default=10, ge=0, le=1000, description="more connections opened under load")
+    timeout: Duration = Field(default=timedelta(seconds=30), description="wait for a free connection")
 
 
 class DefaultsConfig(_Section):
@@ -421,6 +451,7 @@ class RetentionConfig(_Section):
 
 class MainFile(IncludedFile):
     database: Annotated[str, AfterValidator(_database_url)] = DEFAULT_DATABASE
+    database_pool: Annotated[PoolConfig, BeforeValidator(_none_as_empty_mapping)] = PoolConfig()
     server: Annotated[ServerConfig, BeforeValidator(_none_as_empty_mapping)] = ServerConfig()
     worker: Annotated[WorkerConfig, BeforeValidator(_none_as_empty_mapping)] = WorkerConfig()
     defaults: Annotated[DefaultsConfig, BeforeValidator(_none_as_empty_mapping)] = DefaultsConfig()
@@ -947,8 +978,20 @@ def load_config(
         shell.worker.threads,
         per_host=shell.worker.per_host,
         host_retry_after=shell.worker.host_retry_after,
+        lease=shell.worker.lease.total_seconds(),
+        batch=shell.worker.batch,
+        parse_processes=shell.worker.parse_processes,
     )
     retention = RetentionSettings(shell.retention.days)
+    pool = shell.database_pool
     return Settings(
-        main.path, shell.database, server, worker, tuple(sources), tuple(topics), retention, shell.websub.hub
+        main.path,
+        shell.database,
+        server,
+        worker,
+        tuple(sources),
+        tuple(topics),
+        retention,
+        shell.websub.hub,
+        PoolSettings(pool.size, pool.overflow, pool.timeout.total_seconds()),
     )

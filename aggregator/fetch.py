@@ -2,8 +2,8 @@
 
 Conditional GET, (connect, read) timeouts plus a total deadline, body-size caps enforced while streaming
 and after decompression (gzip, deflate, brotli), redirects followed by hand and recorded (into private
-address ranges only when allowed), a per-host concurrency limit and per-host Retry-After. Every failure
-becomes one FetchError; nothing here parses feeds or decides schedules.
+address ranges only when allowed), a per-origin (host:port) concurrency limit and Retry-After. Every
+failure becomes one FetchError; nothing here parses feeds or decides schedules.
 """
 
 from __future__ import annotations
@@ -156,9 +156,22 @@ def _guarded(source: Source, enabled: bool) -> Iterator[None]:
 # --- per-host limits -------------------------------------------------------------------------------
 
 
+def host_key(url: str) -> str:
+    """The key of the per-host limits: the URL's origin host and port (``example.org:443``), so two
+    servers on one machine behind different ports are two hosts, as two origins are to a browser."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = 443 if parts.scheme.lower() == "https" else 80
+    return f"{(parts.hostname or '').lower()}:{port or default}"
+
+
 class HostLimits:
-    """Shared by every fetch of the process: at most ``per_host`` requests in flight to one host name,
-    and, when ``host_retry_after``, a host's 429/503 Retry-After holds back its other sources too."""
+    """Shared by every fetch of the process: at most ``per_host`` requests in flight to one host
+    (``host_key``: host name and port), and, when ``host_retry_after``, a host's 429/503 Retry-After
+    holds back its other sources too."""
 
     def __init__(self, per_host: int = 2, *, host_retry_after: bool = True) -> None:
         self.per_host = per_host
@@ -315,7 +328,7 @@ def _limited_hop(
     origin: str,
 ) -> FetchResult | tuple[int, str, float]:
     """One hop inside the host's concurrency slot and Retry-After hold; maps requests' errors."""
-    host = (urlsplit(url).hostname or "").lower()
+    host = host_key(url)
     _check_held(source, url, host, limits)
     wait = None if deadline is None else max(0.0, deadline - time.monotonic())
     with limits.slot(host, wait) as acquired:

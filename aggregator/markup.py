@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import nh3
 
-from aggregator.urls import HTTP_PORTS, resolve_url
+from aggregator.urls import HTTP_PORTS, is_plain_absolute, resolve_url
 
 # --------------------------------------------------------------------------------------- boilerplate
 
@@ -155,6 +155,34 @@ def _parse(html: str) -> _Node:
     return builder.root
 
 
+# nh3's output is a serialized DOM: lower-case tags, every attribute as name="escaped value", text with
+# < and > escaped, no comments. One regex pass reads it into the same tree HTMLParser builds; anything
+# else (never seen) goes to HTMLParser.
+_CLEAN_TOKEN = re.compile(r'<([a-z][a-z0-9]*)((?: [^\s"\'<>/=]+="[^"]*")*)>|</([a-z][a-z0-9]*)>|([^<]+)')
+_CLEAN_ATTR = re.compile(r' ([^="]+)="([^"]*)"')
+
+
+def _parse_clean(html: str) -> _Node:
+    """The tree of nh3's output, as ``_parse`` builds it, without HTMLParser's cost."""
+    builder = _TreeBuilder()
+    pos, end = 0, len(html)
+    while pos < end:
+        m = _CLEAN_TOKEN.match(html, pos)
+        if m is None:
+            return _parse(html)  # not nh3's shape after all: start again with HTMLParser
+        start, attrs, close, text = m.groups()
+        if text is not None:
+            builder.handle_data(htmllib.unescape(text) if "&" in text else text)
+        elif close is not None:
+            builder.handle_endtag(close)
+        else:
+            pairs: list[tuple[str, str | None]] = []
+            pairs += [(k, htmllib.unescape(v)) for k, v in _CLEAN_ATTR.findall(attrs)] if attrs else []
+            builder.handle_starttag(start, pairs)
+        pos = m.end()
+    return builder.root
+
+
 def _serialize(node: _Node) -> str:
     out = []
     for child in node.children:
@@ -232,7 +260,16 @@ _DROP_WITH_CONTENT |= {"embed", "svg", "math", "template", "noembed", "head", "t
 
 
 def clean_html(html: str, base: str | None, *, boilerplate: re.Pattern[str] | None = None) -> str:
-    """Sanitized HTML: safe tags only, absolute http(s) links and images, furniture paragraphs removed.
+    """clean_html_text's HTML alone."""
+    return clean_html_text(html, base, boilerplate=boilerplate)[0]
+
+
+def clean_html_text(
+    html: str, base: str | None, *, boilerplate: re.Pattern[str] | None = None
+) -> tuple[str, str]:
+    """(sanitized HTML, its plain text): the text is ``html_to_text`` of the HTML, from the one tree.
+
+    Sanitized HTML: safe tags only, absolute http(s) links and images, furniture paragraphs removed.
 
     Text without any tag is treated as plain text (entities decoded) and wrapped in paragraphs, unless
     decoding its entities reveals tags: then it was HTML escaped once too often.
@@ -254,8 +291,9 @@ def clean_html(html: str, base: str | None, *, boilerplate: re.Pattern[str] | No
         link_rel="noopener noreferrer",
         strip_comments=True,
     )
-    tree = _parse(safe)
-    return (_serialize(tree) if _prune(tree, boilerplate) else safe).strip()
+    tree = _parse_clean(safe)
+    out = (_serialize(tree) if _prune(tree, boilerplate) else safe).strip()
+    return out, (_tree_text(tree) if _TAG.search(out) else _plain_text(out))
 
 
 def _strip_cdata(html: str) -> str:
@@ -279,12 +317,20 @@ def _url_filter(base: str | None) -> Callable[[str, str, str], str | None]:
         if tag == "img" and attr == "src" and is_safe_data_image(value):
             return "".join(value.split())
         resolved = resolve_url(value, base)
-        scheme = urlsplit(resolved).scheme.lower() if resolved else ""
+        scheme = _scheme(resolved)
         if scheme in HTTP_PORTS or (scheme == "mailto" and tag == "a"):
             return resolved
         return None
 
     return rewrite
+
+
+def _scheme(url: str | None) -> str:
+    if not url:
+        return ""
+    if is_plain_absolute(url):
+        return url[: url.index(":")]
+    return urlsplit(url).scheme.lower()
 
 
 def _plain_paragraphs(text: str) -> list[list[str]]:
@@ -325,7 +371,8 @@ class _TextWriter:
     def walk(self, node: _Node, pre: bool = False) -> None:
         for child in node.children:
             if isinstance(child, str):
-                self.buffer.append(child if pre else re.sub(r"\s+", " ", child))
+                # flush collapses whitespace runs line by line: only a newline must not split a line
+                self.buffer.append(child if pre else child.replace("\n", " "))
             elif child.tag == "br":
                 self.buffer.append("\n")
             elif child.tag in ("td", "th"):
@@ -343,10 +390,16 @@ class _TextWriter:
 def html_to_text(html: str) -> str:
     """Plain text: one paragraph per block element (blank line between), <br> as a newline."""
     html = _strip_cdata(html)
-    if not _TAG.search(html):
-        return "\n\n".join("\n".join(lines) for lines in _plain_paragraphs(html))
+    return _tree_text(_parse(html)) if _TAG.search(html) else _plain_text(html)
+
+
+def _plain_text(text: str) -> str:
+    return "\n\n".join("\n".join(lines) for lines in _plain_paragraphs(text))
+
+
+def _tree_text(tree: _Node) -> str:
     writer = _TextWriter()
-    writer.walk(_parse(html))
+    writer.walk(tree)
     writer.flush()
     return "\n\n".join(writer.paragraphs)
 

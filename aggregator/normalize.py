@@ -20,6 +20,7 @@ from aggregator.markup import (
     BOILERPLATE_PATTERNS,
     boilerplate_pattern,
     clean_html,
+    clean_html_text,
     clean_title,
     html_to_text,
     is_boilerplate,
@@ -73,8 +74,8 @@ def normalize_entry(raw: RawEntry, *, source: Source, feed: FeedMeta, feed_url: 
     url = canonical_url(raw.link, base, extra_params=source.strip_params)
     link = resolve_url(raw.link, base) if url else None
     furniture = boilerplate_pattern(source.boilerplate)
-    html = clean_html(raw.content or raw.summary or "", base, boilerplate=furniture)
-    text = remove_boilerplate_text(html_to_text(html), furniture)
+    html, text = clean_html_text(raw.content or raw.summary or "", base, boilerplate=furniture)
+    text = remove_boilerplate_text(text, furniture)
     title = clean_title(raw.title) or _fallback_title(text, link)
     key = identity_key(raw.guid, url, title, text)
     published, updated, dated, clamped = _dates(raw.published, raw.updated, now)

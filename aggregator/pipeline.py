@@ -2,7 +2,8 @@
 
 ``poll_source`` is the unit of work that both the worker and the one-shot ``fetch`` command run. It owns
 the transaction boundaries (no transaction is held across the network call) and turns every failure into
-a PollOutcome recorded on the source, never an exception that stops a batch.
+a PollOutcome recorded on the source, never an exception that stops a batch. ``Stages`` bounds how many
+polls parse and write at once, and may send parsing to a process pool; fetching is bounded by the threads.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import store
@@ -26,14 +28,12 @@ from aggregator.model import (
     FetchState,
     Item,
     PollOutcome,
-    RawEntry,
     Source,
     StoredItem,
     Topic,
 )
-from aggregator.normalize import normalize_entry
-from aggregator.parse import parse_feed
 from aggregator.schedule import Due, Hints, http_hints, parse_retry_after, plan
+from aggregator.stages import Stages
 from aggregator.stories import StoryParams
 from aggregator.topics import MatchDoc, TopicMatcher
 
@@ -55,6 +55,7 @@ class Context:
     # called after the commit with the names of the topics that gained items (a WebSub ping)
     on_topics_changed: Callable[[Sequence[str]], None] | None = None
     stories: StoryParams = field(default_factory=StoryParams)  # syndication and story thresholds
+    stages: Stages = field(default_factory=Stages)  # parse and write concurrency, the parse pool
 
     @classmethod
     def build(
@@ -64,6 +65,7 @@ class Context:
         sessions: sessionmaker[Session],
         fetch: Fetcher,
         on_topics_changed: Callable[[Sequence[str]], None] | None = None,
+        stages: Stages | None = None,
     ) -> Context:
         return cls(
             sources={s.name: s for s in sources},
@@ -72,6 +74,7 @@ class Context:
             fetch=fetch,
             matchers={t.name: TopicMatcher(t) for t in topics},
             on_topics_changed=on_topics_changed,
+            stages=stages or Stages(),
         )
 
 
@@ -79,35 +82,68 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
     """Fetch, parse, normalize and store one source; record the outcome on it."""
     source = ctx.sources[name]
     started = time.monotonic()
-    with ctx.sessions.begin() as s:
-        state = store.fetch_state(s, name)
+    try:
+        with ctx.sessions.begin() as s:
+            state = store.fetch_state(s, name)
+            stored = store.schedule_inputs(s, name)  # read here, so a 304 writes and reads nothing more
+    except SQLAlchemyError as e:  # the database is away: nothing was fetched; polled again when due
+        message = f"source {name!r}: store: cannot read the source's state: {db_problem(e)}"
+        log.error("%s; polled again when its lease ends", message)
+        return PollOutcome(name, "error", now, error=message)
     try:
         result = ctx.fetch(source, state)
         if result.not_modified or _same_body(result, state):
-            return _not_modified(ctx, source, result, state, started, now)
-        parsed = parse_feed(
-            result.body, url=result.url, content_type=result.headers.get("content-type"), source=name
-        )
-        items, problem = _normalize(source, parsed.meta, parsed.entries, result.url, now)
-        problem = "; ".join(p for p in (parsed.problem, problem) if p) or None
+            with ctx.stages.write:
+                return _not_modified(ctx, source, result, state, stored, started, now)
+        with ctx.stages.parse:
+            content_type = result.headers.get("content-type")
+            meta, items, problem = ctx.stages.run(source, result.body, result.url, content_type, now)
     except AggregatorError as e:
         status, retry_after = getattr(e, "status", None), getattr(e, "retry_after", None)
-        return _failed(ctx, source, state, started, now, str(e), status, retry_after)
+        with ctx.stages.write:
+            return _failed(ctx, source, state, started, now, str(e), status, retry_after)
     except Exception as e:  # a bug must not stop the other sources: record it, log the traceback
         log.exception("source %r: unexpected error", name)
         message = f"source {name!r}: internal error: {type(e).__name__}: {e}"
-        return _failed(ctx, source, state, started, now, message, None)
+        with ctx.stages.write:
+            return _failed(ctx, source, state, started, now, message, None)
+    return _retried(
+        partial(_store, ctx, source, result, state, meta, items, problem, started, now),
+        partial(_store_failed, ctx, source, state, started, now, http_status=result.status),
+        name,
+    )
+
+
+def _retried(
+    store_once: Callable[[], PollOutcome], failed: Callable[[Exception], PollOutcome], name: str
+) -> PollOutcome:
+    """Run a store transaction; one that lost SQLite's write lock (to another process) is redone whole,
+    any other failure is recorded by ``failed``."""
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
-            return _store(ctx, source, result, state, parsed.meta, items, problem, started, now)
+            return store_once()
         except OperationalError as e:  # SQLite: another writer won the lock; the work is redone whole
             if attempt == STORE_ATTEMPTS or "locked" not in str(e):
-                return _store_failed(ctx, source, state, started, now, e, result.status)
+                return failed(e)
             log.info("source %r: database busy, storing again (attempt %d)", name, attempt + 1)
             time.sleep(0.2 * attempt)
         except Exception as e:
-            return _store_failed(ctx, source, state, started, now, e, result.status)
+            return failed(e)
     raise AssertionError("unreachable")
+
+
+def connection_lost(error: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (a restart, a network cut)."""
+    return isinstance(error, DBAPIError) and (
+        error.connection_invalidated or isinstance(error, OperationalError)
+    )
+
+
+def db_problem(error: BaseException) -> str:
+    """The driver's own first line for a database error (no SQL, no parameters), else the error."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _store_failed(
@@ -120,24 +156,13 @@ def _store_failed(
     http_status: int | None,
 ) -> PollOutcome:
     """The store transaction rolled back: nothing of this poll was written; record why."""
-    log.error("source %r: could not store the poll", source.name, exc_info=error)
-    message = f"source {source.name!r}: store: {type(error).__name__}: {error}"
-    return _failed(ctx, source, state, started, now, message, http_status)
-
-
-def _normalize(
-    source: Source, meta: FeedMeta, entries: Sequence[RawEntry], feed_url: str, now: datetime
-) -> tuple[list[Item], str | None]:
-    """Normalize every entry; one bad entry is skipped and reported, not fatal to the feed."""
-    items, failures = [], []
-    for index, raw in enumerate(entries):
-        try:
-            items.append(normalize_entry(raw, source=source, feed=meta, feed_url=feed_url, now=now))
-        except Exception as e:
-            log.exception("source %r: entry %d could not be normalized", source.name, index)
-            failures.append(f"entry {index}: {type(e).__name__}: {e}")
-    problem = f"{len(failures)} entries skipped ({failures[0]})" if failures else None
-    return items, problem
+    if connection_lost(error):  # an operator needs the cause, not a traceback
+        log.error("source %r: could not store the poll: %s", source.name, db_problem(error))
+    else:
+        log.error("source %r: could not store the poll", source.name, exc_info=error)
+    message = f"source {source.name!r}: store: {db_problem(error)}"
+    with ctx.stages.write:
+        return _failed(ctx, source, state, started, now, message, http_status)
 
 
 def _store(
@@ -152,7 +177,7 @@ def _store(
     now: datetime,
 ) -> PollOutcome:
     gained: set[str] = set()
-    with ctx.sessions.begin() as s:
+    with ctx.stages.write, ctx.sessions.begin() as s:  # the WebSub ping below runs outside both
         distinct = disambiguate(items, store.item_urls(s, source.name, repeated_keys(items)))
         saved = store.save_items(s, source.name, distinct, now)
         store.link_items(s, saved.new, saved.updated, now, ctx.stories)
@@ -290,9 +315,11 @@ def _plan(
     headers: Mapping[str, str] | None = None,
     meta: FeedMeta | None = None,
     retry_after: str | None = None,
+    stored: store.ScheduleInputs | None = None,
 ) -> Due:
-    """Gather the scheduling inputs (this poll's hints, the stored feed hints and posting times)."""
-    stored = store.schedule_inputs(s, source.name)
+    """Gather the scheduling inputs (this poll's hints, the stored feed hints and posting times: read
+    now unless ``stored`` has them already)."""
+    stored = stored or store.schedule_inputs(s, source.name)
     max_age, expires = http_hints(headers or {}, now)
     hints = Hints(
         ttl=meta.ttl if meta else stored.ttl,
@@ -382,8 +409,11 @@ def _failed(
     source stays claimed until its lease ends, then it is polled again): poll_source never raises."""
     try:
         return _record_failure(ctx, source, state, started, now, message, http_status, retry_after)
-    except Exception:
-        log.exception("source %r: could not record the failure %r", source.name, message)
+    except Exception as e:
+        if connection_lost(e):
+            log.error("source %r: could not record the failure %r: %s", source.name, message, db_problem(e))
+        else:
+            log.exception("source %r: could not record the failure %r", source.name, message)
         return PollOutcome(source.name, "error", now, http_status=http_status, error=message)
 
 
@@ -392,12 +422,13 @@ def _not_modified(
     source: Source,
     result: FetchResult,
     state: FetchState | None,
+    stored: store.ScheduleInputs,
     started: float,
     now: datetime,
 ) -> PollOutcome:
     """A 304, or a body identical to the last one: validators and schedule updated, nothing parsed."""
     with ctx.sessions.begin() as s:
-        due = _plan(s, source, now, headers=result.headers)
+        due = _plan(s, source, now, headers=result.headers, stored=stored)
         outcome = PollOutcome(
             source.name,
             "not_modified" if result.not_modified else "unchanged",

@@ -29,6 +29,9 @@ FORMATS: dict[str, str] = {
 }
 
 SUMMARY_CHARS = 300
+# seconds within which every web server serves a stored change (web.py re-reads a topic's state when its
+# last read is this old); a WebSub ping waits as long, so that the hub fetches the new feed
+REVALIDATE = 1.0
 JSONFEED_VERSION = "https://jsonfeed.org/version/1.1"
 GENERATOR = "aggregator"
 DEFAULT_MIME = "application/octet-stream"

@@ -1,6 +1,6 @@
-"""Pure fingerprints for syndication and story grouping: tokens, exact text hash, MinHash LSH band keys
-and the similarities that verify a candidate. No database here: store/ keeps the band keys in an indexed
-table and asks these functions whether two items are the same article or the same story.
+"""Pure fingerprints for syndication and story grouping: tokens, exact text hash, MinHash LSH band keys,
+the compact story terms store/ keeps per item, and the similarities that verify a candidate. No database
+here: store/ indexes the keys and asks these functions whether two items are one article or one story.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 from datasketch import MinHash
+from numpy.typing import NDArray
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _YEAR = re.compile(r"(19|20)\d\d")
@@ -48,6 +50,7 @@ class StoryParams:
     story_rows: int = 1
     story_threshold: float = 0.5  # share of the shorter title's terms two reports must have in common
     story_min_shared: int = 2  # and at least this many title terms
+    story_bonus: float = 0.1  # added to that share when the titles have 3 or more terms in common
     story_jaccard: float = 0.1  # and at least this Jaccard of their title + lead terms
     window_hours: int = 72  # only items published this close together can share a story
     article_window_days: int = 30  # near-duplicate candidates are looked for this far back
@@ -130,9 +133,12 @@ def overlap(a: Iterable[str], b: Iterable[str]) -> float:
 
 def text_key(title: str, text: str, params: StoryParams) -> int | None:
     """A 63-bit key of the normalized text; titles join in when the text alone is short."""
-    words = tokens(text)
+    return _text_key(tokens(title), tokens(text), params)
+
+
+def _text_key(title_words: list[str], words: list[str], params: StoryParams) -> int | None:
     if len(words) < params.min_exact_tokens:
-        words = [*tokens(title), "\n", *words]
+        words = [*title_words, "\n", *words]
         if len(words) < params.min_exact_tokens + 1:
             return None
     return _key("text", " ".join(words).encode())
@@ -140,47 +146,115 @@ def text_key(title: str, text: str, params: StoryParams) -> int | None:
 
 def near_shingles(text: str, params: StoryParams) -> set[str] | None:
     """The word shingles compared for near-duplicate text, or None when the text is too short."""
-    words = tokens(text)
+    return _near_shingles(tokens(text), params)
+
+
+def _near_shingles(words: list[str], params: StoryParams) -> set[str] | None:
     if len(words) < params.min_near_tokens:
         return None
     return shingles(words, params.shingle)
 
 
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """The compact story signature an item is verified by (stored once, never recomputed)."""
+
+    title: frozenset[str]  # title_terms
+    lead: frozenset[str]  # story_terms: title terms and the stemmed lead words
+
+    def encode(self) -> str:
+        """One line: the title terms, a tab, the lead-only terms (terms never hold whitespace)."""
+        return " ".join(sorted(self.title)) + "\t" + " ".join(sorted(self.lead - self.title))
+
+    @staticmethod
+    def decode_title(value: str) -> frozenset[str]:
+        """The title terms alone of an encoded value (cheaper than ``decode``)."""
+        return frozenset(value.partition("\t")[0].split())
+
+    @classmethod
+    def decode(cls, value: str) -> Terms:
+        title, _, lead = value.partition("\t")
+        terms = frozenset(title.split())
+        return cls(terms, terms | frozenset(lead.split()))
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """Everything rules 2 and 3 need of one item, computed from one tokenization of its title and text."""
+
+    fingerprint: Fingerprint
+    terms: Terms
+    shingles: set[str] | None  # near-duplicate shingles (None: text too short)
+
+
+def analyze(title: str, text: str, params: StoryParams) -> Analysis:
+    title_words, words = tokens(title), tokens(text)
+    near = _near_shingles(words, params)
+    heading = frozenset(_stem(w) for w in title_words if _meaningful(w))
+    lead = heading | frozenset(_stem(w) for w in words[: params.lead_words] if _meaningful(w))
+    fp = Fingerprint(
+        text_key=_text_key(title_words, words, params),
+        near_keys=band_keys("near", near, params.near_bands, params.near_rows) if near else (),
+        story_keys=band_keys("story", heading, params.story_bands, params.story_rows) if heading else (),
+        title_key=_title_key(title_words, heading, params),
+    )
+    return Analysis(fp, Terms(heading, lead), near)
+
+
 def fingerprint(title: str, text: str, params: StoryParams) -> Fingerprint:
-    near = near_shingles(text, params)
-    near_keys = band_keys("near", near, params.near_bands, params.near_rows) if near else ()
-    terms = title_terms(title)
-    story_keys = band_keys("story", terms, params.story_bands, params.story_rows) if terms else ()
-    return Fingerprint(text_key(title, text, params), near_keys, story_keys, title_key(title, params))
+    return analyze(title, text, params).fingerprint
 
 
 def title_key(title: str, params: StoryParams) -> int | None:
     """A key of a long title, word for word: wire copies keep the agency's headline."""
-    if len(title_terms(title)) < params.min_title_terms:
+    words = tokens(title)
+    return _title_key(words, frozenset(_stem(w) for w in words if _meaningful(w)), params)
+
+
+def _title_key(words: list[str], terms: frozenset[str], params: StoryParams) -> int | None:
+    if len(terms) < params.min_title_terms:
         return None
-    return _key("title", " ".join(tokens(title)).encode())
+    return _key("title", " ".join(words).encode())
 
 
 def band_keys(kind: str, features: Iterable[str], bands: int, rows: int) -> tuple[int, ...]:
     """LSH: the MinHash signature cut into ``bands`` bands of ``rows`` values, each hashed to a key."""
-    signature = minhash(features, bands * rows)
-    keys = []
-    for band in range(bands):
-        chunk = signature[band * rows : (band + 1) * rows]
-        keys.append(_key(f"{kind}:{band}", b"".join(v.to_bytes(4, "big") for v in chunk)))
-    return tuple(keys)
+    signature = _minhash(features, bands * rows).astype(">u4").tobytes()
+    width = 4 * rows
+    return tuple(
+        _key(f"{kind}:{band}", signature[band * width : (band + 1) * width]) for band in range(bands)
+    )
 
 
 def minhash(features: Iterable[str], num_perm: int) -> list[int]:
     """datasketch's MinHash (affine32 scheme, fixed seed) as a list of 32-bit values."""
-    sketch = MinHash(num_perm=num_perm, scheme="affine32", permutations=_permutations(num_perm))
-    sketch.update_batch([f.encode("utf-8") for f in features])
-    return [int(v) for v in sketch.hashvalues]
+    return [int(v) for v in _minhash(features, num_perm)]
+
+
+def _minhash(features: Iterable[str], num_perm: int) -> NDArray[np.uint32]:
+    """The same values as datasketch's ``MinHash(scheme="affine32").update_batch`` (SHA-1 32-bit input
+    hash, MurmurHash3 finalizer, ``a * h + b`` mod 2^32), without building a MinHash object."""
+    hashes = [int.from_bytes(hashlib.sha1(f.encode()).digest()[:4], "little") for f in features]
+    if not hashes:
+        return np.full(num_perm, 0xFFFFFFFF, dtype=np.uint32)
+    hv = _fmix32(np.array(hashes, dtype=np.uint32)).reshape(-1, 1)
+    a, b = _permutations(num_perm)
+    result: NDArray[np.uint32] = (hv * a + b).min(axis=0)
+    return result
+
+
+def _fmix32(hv: NDArray[np.uint32]) -> NDArray[np.uint32]:
+    hv = hv ^ (hv >> np.uint32(16))
+    hv = hv * np.uint32(0x85EBCA6B)
+    hv = hv ^ (hv >> np.uint32(13))
+    hv = hv * np.uint32(0xC2B2AE35)
+    return hv ^ (hv >> np.uint32(16))
 
 
 @cache
-def _permutations(num_perm: int) -> object:
-    return MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
+def _permutations(num_perm: int) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
+    a, b = MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
+    return a, b
 
 
 def _key(kind: str, payload: bytes) -> int:
@@ -189,15 +263,27 @@ def _key(kind: str, payload: bytes) -> int:
 
 
 def story_similarity(title_a: str, text_a: str, title_b: str, text_b: str, params: StoryParams) -> float:
+    """``terms_similarity`` of two items given as title and text."""
+    a = Terms(title_terms(title_a), story_terms(title_a, text_a, params.lead_words))
+    b = Terms(title_terms(title_b), story_terms(title_b, text_b, params.lead_words))
+    return terms_similarity(a, b, params)
+
+
+def terms_similarity(a: Terms, b: Terms, params: StoryParams) -> float:
     """The stricter test of a story candidate: the share of the shorter title's terms the two titles have
     in common (two reports of one event share the headline's key words), or 0 when they share fewer than
     ``story_min_shared`` terms or their title + lead terms overlap less than ``story_jaccard``."""
-    ta, tb = title_terms(title_a), title_terms(title_b)
-    if len(ta & tb) < min(params.story_min_shared, len(ta), len(tb)):
+    title = title_similarity(a.title, b.title, params)
+    if title == 0.0 or jaccard(a.lead, b.lead) < params.story_jaccard:
         return 0.0
-    lead = jaccard(
-        story_terms(title_a, text_a, params.lead_words), story_terms(title_b, text_b, params.lead_words)
-    )
-    if lead < params.story_jaccard:
+    return title
+
+
+def title_similarity(a: frozenset[str], b: frozenset[str], params: StoryParams) -> float:
+    """The title half of ``terms_similarity`` (an upper bound of it, and a cheap first test): the share
+    of the shorter title's terms in common, plus ``story_bonus`` when three or more are (measured on the
+    real corpus: the more terms two headlines share, the less the share of them needs to be)."""
+    shared = len(a & b)
+    if shared < min(params.story_min_shared, len(a), len(b)):
         return 0.0
-    return overlap(ta, tb)
+    return min(1.0, shared / min(len(a), len(b)) + (params.story_bonus if shared >= 3 else 0.0))

@@ -41,6 +41,9 @@ HTTP_PORTS = {"http": 80, "https": 443}
 _DANGEROUS_SCHEMES = frozenset({"javascript", "data", "vbscript"})
 _URL_JUNK = re.compile(r"[\t\r\n]")
 _ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+# An absolute http(s) URL that urljoin returns unchanged: lower-case scheme, a host without brackets,
+# no ";" (path parameters), no empty query or fragment.
+_PLAIN_ABSOLUTE = re.compile(r"https?://[^/?#;\[\]\s]+(?:/[^?#;\s]*)?(?:\?[^#\s]+)?(?:#\S+)?")
 
 
 def canonical_url(
@@ -85,6 +88,8 @@ def resolve_url(url: str | None, base: str | None) -> str | None:
     url = _URL_JUNK.sub("", url.strip())
     if not url:
         return None
+    if is_plain_absolute(url) and (base is None or is_plain_absolute(base)):
+        return url  # what urljoin gives back for it, without its two parses
     try:
         if base:
             return urljoin(base, url)
@@ -93,6 +98,11 @@ def resolve_url(url: str | None, base: str | None) -> str | None:
         return url if urlsplit(url).scheme else None
     except ValueError:
         return None
+
+
+def is_plain_absolute(url: str) -> bool:
+    """An absolute http(s) URL that urljoin and urlsplit take as it is (no parsing needed)."""
+    return _PLAIN_ABSOLUTE.fullmatch(url) is not None
 
 
 def _remove_dot_segments(path: str) -> str:

@@ -1,17 +1,22 @@
-"""The read-only web side: an HTML index, topic feeds (RSS, Atom, JSON Feed) with ETag/Last-Modified,
-304s, RFC 5005 pages (?page=N) and WebSub Link headers, the topic list as OPML, and a health check.
-Writes nothing; any number can run side by side.
+"""The read-only web side: topic feeds (RSS, Atom, JSON Feed; RFC 5005 pages, WebSub links) served from
+rendered bytes kept per process and checked against the store's topic state every second, with ETag,
+304 and gzip; an HTML index, OPML, a health check. Writes nothing; any number give the same answers.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
+import logging
 import math
 import threading
-from collections import OrderedDict
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from typing import TYPE_CHECKING
 
 from flask import Flask, Response, abort, render_template, request
 from sqlalchemy import text
@@ -21,32 +26,166 @@ from sqlalchemy.orm import Session, sessionmaker
 from aggregator import publish, store
 from aggregator.model import Topic
 
-CACHE_SECONDS = 60
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger(__name__)
+
+CACHE_SECONDS = 60  # Cache-Control max-age of feed responses
+CACHE_ENTRIES = 1024  # rendered pages kept per process; all are dropped when full (old pages are rare)
+GZIP_LEVEL = 6  # each rendered page is compressed once, for the clients that accept gzip
+REVALIDATE = publish.REVALIDATE  # seconds a topic's state is trusted before the store is asked again
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 LABELS = {"rss": "RSS", "atom": "Atom", "json": "JSON Feed"}
 
+Headers = list[tuple[str, str]]
 
-class _RenderCache:
-    """Rendered feed bytes by (topic, format, etag): a topic is rendered once per content version."""
 
-    def __init__(self, size: int = 256) -> None:
-        self._data: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
-        self._lock = threading.Lock()
-        self._size = size
+@dataclass(frozen=True)
+class _Rendered:
+    """One rendered feed page and its ready-made responses, valid while the topic's state is ``state``.
+    The ETag is a hash of the body (the gzip copy's adds ``-gz``): servers that render the same state
+    agree, and gzip output is deterministic (no timestamp in its header)."""
 
-    def get(self, key: tuple[str, str, str]) -> bytes | None:
-        with self._lock:
-            body = self._data.get(key)
-            if body is not None:
-                self._data.move_to_end(key)
-            return body
+    state: store.TopicState
+    body: bytes
+    gzipped: bytes
+    etags: tuple[str, str]  # quoted: the body's, the gzip copy's
+    last_modified: str
+    last_change: datetime
+    ok: Headers  # 200, identity
+    ok_gzip: Headers  # 200, gzip
+    not_modified: tuple[Headers, Headers]  # 304, identity and gzip
 
-    def put(self, key: tuple[str, str, str], body: bytes) -> None:
-        with self._lock:
-            self._data[key] = body
-            while len(self._data) > self._size:
-                self._data.popitem(last=False)
+
+class _States:
+    """Each topic's state, read from the store at most every ``revalidate`` seconds (0: per request).
+    The clock starts before the read, so nothing older than ``revalidate`` seconds is ever trusted."""
+
+    def __init__(self, sessions: sessionmaker[Session], revalidate: float) -> None:
+        self._sessions = sessions
+        self._revalidate = revalidate
+        self._known: dict[str, tuple[float, store.TopicState]] = {}
+        self._locks: dict[str, threading.Lock] = {}
+
+    def get(self, name: str) -> store.TopicState:
+        known = self._known.get(name)
+        if known is not None and time.monotonic() - known[0] < self._revalidate:
+            return known[1]
+        with self._locks.setdefault(name, threading.Lock()):  # one reader per topic; the others wait
+            known = self._known.get(name)
+            if known is not None and time.monotonic() - known[0] < self._revalidate:
+                return known[1]
+            started = time.monotonic()
+            with self._sessions() as s:
+                state = store.topic_state(s, name)
+            self.offer(name, started, state)
+            return state
+
+    def offer(self, name: str, started: float, state: store.TopicState) -> None:
+        """Keep a state read that began at ``started`` unless a later read is known."""
+        known = self._known.get(name)
+        if known is None or known[0] < started:
+            self._known[name] = (started, state)
+
+
+class _NoSuchPage(Exception):
+    def __init__(self, pages: int) -> None:
+        self.pages = pages
+
+
+class _Feeds:
+    """Rendered topic feeds by (topic, format, page), each kept while its topic's state holds. A hit
+    costs a dictionary lookup; a miss renders once per key while concurrent requests for it wait."""
+
+    def __init__(
+        self,
+        topics: dict[str, Topic],
+        sessions: sessionmaker[Session],
+        base: str,
+        hub: str | None,
+        revalidate: float,
+    ) -> None:
+        self.topics = topics
+        self._sessions = sessions
+        self._base = base
+        self._hub = hub
+        self.states = _States(sessions, revalidate)
+        self._cache: dict[tuple[str, str, int], _Rendered] = {}
+        self._locks = [threading.Lock() for _ in range(32)]
+
+    def lookup(self, name: str, fmt: str, page: int) -> _Rendered | None:
+        """The cached page if it is current, else None (unknown topics and formats too)."""
+        if name not in self.topics or fmt not in publish.FORMATS:
+            return None
+        hit = self._cache.get((name, fmt, page))
+        return hit if hit is not None and hit.state == self.states.get(name) else None
+
+    def get(self, name: str, fmt: str, page: int) -> _Rendered:
+        """The current page, rendered when needed; _NoSuchPage when the topic has fewer pages."""
+        key = (name, fmt, page)
+        with self._locks[hash(key) % len(self._locks)]:
+            hit = self.lookup(name, fmt, page)
+            if hit is None:
+                hit = self._render(self.topics[name], fmt, page)
+                if len(self._cache) >= CACHE_ENTRIES:
+                    self._cache.clear()
+                self._cache[key] = hit
+            return hit
+
+    def _render(self, topic: Topic, fmt: str, page: int) -> _Rendered:
+        # the state is read first: the items are then at least as new, so a page is never kept under a
+        # state newer than its content (at worst it is rendered once more)
+        started = time.monotonic()
+        with self._sessions() as s:
+            state = store.topic_state(s, topic.name)
+            self.states.offer(topic.name, started, state)
+            entries = store.topic_entry_count(s, topic.name, collapse=topic.collapse)
+            pages = max(1, math.ceil(entries / topic.limit))
+            if page > pages:
+                raise _NoSuchPage(pages)
+            items = store.topic_items(
+                s, topic.name, limit=topic.limit, collapse=topic.collapse, offset=(page - 1) * topic.limit
+            )
+        feed_url = publish.topic_feed_urls(self._base, topic.name)[fmt]
+        body = publish.render_feed(
+            fmt,
+            topic,
+            items,
+            feed_url=_page_url(feed_url, page),
+            site_url=f"{self._base}/topics/{topic.name}",
+            updated=state.last_change,
+            paging=_paging(feed_url, page, pages),
+        )
+        return self._entry(state, body, fmt, feed_url)
+
+    def _entry(self, state: store.TopicState, body: bytes, fmt: str, feed_url: str) -> _Rendered:
+        last_change = (state.last_change or EPOCH).replace(microsecond=0)
+        digest = hashlib.sha256(body).hexdigest()[:32]
+        etags = (f'"{digest}"', f'"{digest}-gz"')
+        gzipped = gzip.compress(body, GZIP_LEVEL, mtime=0)
+        modified = format_datetime(last_change, usegmt=True)
+        common = [
+            ("Last-Modified", modified),
+            ("Cache-Control", f"public, max-age={CACHE_SECONDS}"),
+            ("Vary", "Accept-Encoding"),
+        ]
+        if self._hub:
+            common.append(("Link", f'<{self._hub}>; rel="hub", <{feed_url}>; rel="self"'))
+        plain, packed = [("ETag", etags[0]), *common], [("ETag", etags[1]), *common]
+        ctype = ("Content-Type", publish.FORMATS[fmt])
+        return _Rendered(
+            state,
+            body,
+            gzipped,
+            etags,
+            modified,
+            last_change,
+            ok=[ctype, ("Content-Length", str(len(body))), *plain],
+            ok_gzip=[ctype, ("Content-Encoding", "gzip"), ("Content-Length", str(len(gzipped))), *packed],
+            not_modified=(plain, packed),
+        )
 
 
 def create_app(
@@ -55,13 +194,15 @@ def create_app(
     base_url: str,
     *,
     websub_hub: str | None = None,
+    revalidate: float = REVALIDATE,
 ) -> Flask:
     """The WSGI application. ``base_url`` is the public address used in feed self links; with
-    ``websub_hub``, feed responses announce the hub (``Link: <hub>; rel="hub"``)."""
+    ``websub_hub``, feed responses announce the hub (``Link: <hub>; rel="hub"``). A rendered feed is
+    served until a check of its topic's state, at most ``revalidate`` seconds old, finds it changed."""
     app = Flask("aggregator")
     by_name = {t.name: t for t in topics}
     base = base_url.rstrip("/")
-    cache = _RenderCache()
+    feeds = _Feeds(by_name, sessions, base, websub_hub, revalidate)
     formats = [(fmt, LABELS[fmt], publish.FORMATS[fmt].split(";")[0]) for fmt in ("rss", "atom", "json")]
 
     def urls(name: str) -> dict[str, str]:
@@ -86,6 +227,11 @@ def create_app(
                 }
             )
         return rows
+
+    @app.errorhandler(SQLAlchemyError)
+    def store_down(e: SQLAlchemyError) -> tuple[str, int, dict[str, str]]:
+        log.warning("web: %s %s: the store cannot be read: %s", request.method, request.path, _first_line(e))
+        return f"store: the database cannot be read ({type(e).__name__})\n", 503, {"Retry-After": "5"}
 
     @app.get("/")
     def index() -> str:
@@ -124,53 +270,75 @@ def create_app(
 
     @app.route("/topics/<name>.<fmt>", methods=["GET", "HEAD"])
     def topic_feed(name: str, fmt: str) -> Response:
-        topic = by_name.get(name)
-        if topic is None or fmt not in publish.FORMATS:
+        if name not in by_name or fmt not in publish.FORMATS:
             abort(404, f"unknown topic feed {name}.{fmt}")
         page = _page_number()
-        with sessions() as s:
-            stats = store.topic_stats(s).get(name)
-            entries = store.topic_entry_count(s, name, collapse=topic.collapse)
-        last_change = (stats.last_change if stats else None) or EPOCH
-        count = stats.count if stats else 0
-        pages = max(1, math.ceil(entries / topic.limit))
-        if page > pages:
-            abort(404, f"topic {name!r} has {pages} page{'s' * (pages != 1)}, not {page}")
-        version = f"{topic!r}|{base}|{fmt}|{page}|{count}|{entries}|{last_change.isoformat()}"
-        etag = hashlib.sha256(version.encode()).hexdigest()[:32]
-        feed_url = urls(name)[fmt]
-        headers = {
-            "ETag": f'"{etag}"',
-            "Last-Modified": format_datetime(last_change.replace(microsecond=0), usegmt=True),
-            "Cache-Control": f"public, max-age={CACHE_SECONDS}",
-        }
-        if websub_hub:
-            headers["Link"] = f'<{websub_hub}>; rel="hub", <{feed_url}>; rel="self"'
-        if _not_modified(etag, last_change):
-            return Response(status=304, headers=headers)
-        body = cache.get((name, fmt, etag))
-        if body is None:
-            with sessions() as s:
-                items = store.topic_items(
-                    s,
-                    name,
-                    limit=topic.limit,
-                    collapse=topic.collapse,
-                    offset=(page - 1) * topic.limit,
-                )
-            body = publish.render_feed(
-                fmt,
-                topic,
-                items,
-                feed_url=_page_url(feed_url, page),
-                site_url=f"{base}/topics/{name}",
-                updated=stats.last_change if stats else None,
-                paging=_paging(feed_url, page, pages),
-            )
-            cache.put((name, fmt, etag), body)
-        return Response(body, content_type=publish.FORMATS[fmt], headers=headers)
+        try:
+            rendered = feeds.get(name, fmt, page)
+        except _NoSuchPage as e:
+            abort(404, f"topic {name!r} has {e.pages} page{'s' * (e.pages != 1)}, not {page}")
+        status, headers, body = _answer(rendered, request.environ)
+        return Response(body, status=status, headers=headers)
+
+    app.wsgi_app = _fast_path(feeds, app.wsgi_app)  # type: ignore[method-assign,assignment]
+    return app
+
+
+def _fast_path(feeds: _Feeds, flask_app: WSGIApplication) -> WSGIApplication:
+    """Answer GET and HEAD of a current cached feed page (200 or 304) before Flask: no routing, no
+    request object, ready-made headers. Anything else, misses included, goes to the Flask app."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/topics/") and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            name, _, fmt = path[8:].rpartition(".")
+            query = environ.get("QUERY_STRING", "")
+            page = 1 if not query else _PAGES.get(query)
+            try:
+                rendered = feeds.lookup(name, fmt, page) if page else None
+            except SQLAlchemyError:
+                rendered = None  # Flask answers it: 503
+            if rendered is not None:
+                status, headers, body = _answer(rendered, environ)
+                start_response(status, headers)
+                return [body]
+        return flask_app(environ, start_response)
 
     return app
+
+
+_PAGES = {f"page={n}": n for n in range(1, 101)}  # the query strings the fast path understands
+
+
+def _answer(rendered: _Rendered, environ: WSGIEnvironment) -> tuple[str, Headers, bytes]:
+    """Status, headers and body for a GET or HEAD of ``rendered``: 304 when the client's copy is
+    current, the gzip copy when the client accepts it."""
+    packed = _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING"))
+    if _not_modified(rendered, environ.get("HTTP_IF_NONE_MATCH"), environ.get("HTTP_IF_MODIFIED_SINCE")):
+        return "304 Not Modified", rendered.not_modified[packed], b""
+    if environ.get("REQUEST_METHOD") == "HEAD":
+        return "200 OK", rendered.ok_gzip if packed else rendered.ok, b""
+    return (
+        ("200 OK", rendered.ok_gzip, rendered.gzipped) if packed else ("200 OK", rendered.ok, rendered.body)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an Accept-Encoding header takes gzip (RFC 9110: ``gzip`` or ``*``, unless q=0)."""
+    for part in (accept_encoding or "").lower().split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip() in ("gzip", "x-gzip", "*"):
+            q = params.strip().removeprefix("q=").strip() if "q=" in params else "1"
+            try:
+                return float(q) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _page_number() -> int:
@@ -197,19 +365,21 @@ def _paging(feed_url: str, page: int, pages: int) -> publish.Paging:
     )
 
 
-def _not_modified(etag: str, last_change: datetime) -> bool:
+def _not_modified(rendered: _Rendered, if_none_match: str | None, since: str | None) -> bool:
     """RFC 9110: If-None-Match wins when present; otherwise If-Modified-Since."""
-    if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None:
+        if if_none_match in rendered.etags:
+            return True
         tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-        return "*" in tags or f'"{etag}"' in tags
-    since = request.headers.get("If-Modified-Since")
-    if since:
-        try:
-            when = parsedate_to_datetime(since)
-        except (TypeError, ValueError):
-            return False
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return last_change.replace(microsecond=0) <= when
-    return False
+        return "*" in tags or not tags.isdisjoint(rendered.etags)
+    if not since:
+        return False
+    if since == rendered.last_modified:
+        return True
+    try:
+        when = parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return rendered.last_change <= when

@@ -7,6 +7,8 @@ or refuses is logged and returned as messages, so it cannot fail a poll. Does no
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,9 +22,16 @@ TIMEOUT = 5.0  # seconds per ping
 
 
 def ping_hub(
-    hub: str, feed_urls: Iterable[str], *, timeout: float = TIMEOUT, user_agent: str = DEFAULT_USER_AGENT
+    hub: str,
+    feed_urls: Iterable[str],
+    *,
+    timeout: float = TIMEOUT,
+    user_agent: str = DEFAULT_USER_AGENT,
+    settle: float = 0.0,
 ) -> list[str]:
-    """POST a publish notification for each feed URL; returns one message per failed ping."""
+    """POST a publish notification for each feed URL; returns one message per failed ping. ``settle``:
+    seconds to wait first, for the web servers to see the change (publish.REVALIDATE)."""
+    time.sleep(settle)
     problems = []
     for url in feed_urls:
         body = urllib.parse.urlencode({"hub.mode": "publish", "hub.topic": url, "hub.url": url}).encode()
@@ -43,3 +52,19 @@ def ping_hub(
     for problem in problems:
         log.warning("%s", problem)
     return problems
+
+
+def ping_later(
+    hub: str, feed_urls: Iterable[str], *, settle: float, user_agent: str = DEFAULT_USER_AGENT
+) -> None:
+    """``ping_hub`` in a background thread, after ``settle`` seconds: the caller (a poll that just
+    committed) does not wait. A ping still pending when the process exits is lost (the hub learns of the
+    change at the next one)."""
+    urls = list(feed_urls)
+    threading.Thread(
+        target=ping_hub,
+        args=(hub, urls),
+        kwargs={"user_agent": user_agent, "settle": settle},
+        name="websub-ping",
+        daemon=True,
+    ).start()

@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 class Worker:
     """Claims due sources every ``tick`` seconds and polls them with ``threads`` threads (the per-host
-    concurrency limit lives in the fetcher the context carries, shared by every thread)."""
+    concurrency limit lives in the fetcher the context carries, shared by every thread). Each claim is
+    a lease held by ``owner`` for ``lease``; with ``per_host`` the claim also keeps every host under
+    that many leases across all workers. ``batch``: sources in flight or queued at most."""
 
     def __init__(
         self,
@@ -33,13 +35,21 @@ class Worker:
         tick: float = 5.0,
         threads: int = 4,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lease: timedelta = CLAIM_LEASE,
+        batch: int | None = None,
+        per_host: int | None = None,
+        owner: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.tick = tick
         self.clock = clock
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="poll")
         self.threads = threads
-        self.backlog = 2 * threads  # sources in flight or queued at most
+        self.backlog = batch or 2 * threads  # sources in flight or queued at most
+        self.lease, self.per_host = lease, per_host
+        self.owner = owner or store.new_owner()
+        self._stopping = threading.Event()
+        self._claimed: dict[str, datetime] = {}  # name -> when its lease was written (polls not started)
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
@@ -60,34 +70,69 @@ class Worker:
         log.info("worker started: %d sources, checking every %.0f s", len(self.ctx.sources), self.tick)
 
     def dispatch(self) -> list[str]:
-        """Claim what is due and hand it to the pool: up to twice as many sources as threads are in
-        flight or queued, so a thread that frees up finds work at once; a source already in flight is
-        never handed out again. Returns the names dispatched."""
+        """Claim what is due and hand it to the pool: up to ``backlog`` sources (twice as many as
+        threads unless ``batch`` says otherwise) are in flight or queued, so a thread that frees up finds
+        work at once; a source already in flight is never handed out again. The same transaction
+        releases this worker's leases that no poll holds any more (a poll that could not record its
+        outcome): those sources are due and are claimed again. A claim that fails (the database is
+        unreachable) is logged and tried again at the next tick. Returns the names dispatched."""
+        if self._stopping.is_set():
+            return []
         with self._lock:
             free = self.backlog - len(self._in_flight)
+            busy = set(self._in_flight)
         if free <= 0:
             return []
         try:
             with self.ctx.sessions.begin() as s:
-                names = store.claim_due_sources(s, self.clock(), lease=CLAIM_LEASE, limit=free)
-        except Exception:
-            log.exception("worker: could not claim due sources; will retry")
+                store.release_leases(s, self.owner, keep=busy)
+                claimed_at = self.clock()
+                names = store.claim_due_sources(
+                    s, claimed_at, lease=self.lease, limit=free, owner=self.owner, per_host=self.per_host
+                )
+        except Exception as e:
+            log.warning("worker: could not claim due sources (%s); trying again at the next tick", e)
+            log.debug("worker: claim failed", exc_info=True)
             return []
         dispatched = []
         for name in names:
             with self._lock:
                 if name not in self.ctx.sources or name in self._in_flight:
-                    continue
+                    continue  # its lease is released at the next tick
                 self._in_flight.add(name)
-            future = self.pool.submit(self._poll, name)
+                self._claimed[name] = claimed_at
+            future = self.pool.submit(self._leased_poll, name)
             future.add_done_callback(partial(self._done, name))
             dispatched.append(name)
         return dispatched
 
+    def _leased_poll(self, name: str) -> PollOutcome | None:
+        """Poll ``name`` while this worker holds its lease with at least half of it to run: a lease
+        younger than that is polled at once (no other worker can have it), an older one is renewed
+        first (it waited in the queue, and once expired another worker may have taken the source).
+        None: not polled (stopping, or the lease is lost or cannot be renewed)."""
+        now = self.clock()
+        with self._lock:
+            claimed_at = self._claimed.pop(name, None)
+        if self._stopping.is_set():
+            return None  # queued when the worker stopped: stop() releases the lease
+        if claimed_at is not None and now - claimed_at < self.lease / 2:
+            return self._poll(name)
+        try:
+            with self.ctx.sessions.begin() as s:
+                held = store.renew_lease(s, name, self.owner, now, self.lease)
+        except Exception as e:
+            log.warning("worker: could not renew the lease on %r (%s); not polled now", name, e)
+            return None
+        if not held:
+            log.warning("worker: the lease on %r expired and another worker took it; not polled here", name)
+            return None
+        return self._poll(name)
+
     def _poll(self, name: str) -> PollOutcome:
         return poll_source(self.ctx, name, self.clock())  # ``now`` is when the poll starts, not when queued
 
-    def _done(self, name: str, future: Future[PollOutcome]) -> None:
+    def _done(self, name: str, future: Future[PollOutcome | None]) -> None:
         with self._lock:
             self._in_flight.discard(name)
             self.polls += 1
@@ -108,8 +153,25 @@ class Worker:
             log.debug("worker: could not wake the dispatcher", exc_info=True)
 
     def stop(self) -> None:
-        """Stop claiming; let polls in flight finish (each commits whole or not at all)."""
+        """Stop claiming; let polls in flight finish (each commits whole or not at all) and skip the
+        queued ones; then release the leases of everything claimed but not polled, so that the other
+        workers take those sources at their next tick instead of when the leases expire."""
+        self._stopping.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True)
+        self.release()
         log.info("worker stopped")
+
+    def release(self) -> list[str]:
+        """End every lease this worker holds; the names released (none if the database is unreachable:
+        then the leases simply expire)."""
+        try:
+            with self.ctx.sessions.begin() as s:
+                names = store.release_leases(s, self.owner)
+        except Exception as e:
+            log.warning("worker: could not release its leases (%s); they expire within %s", e, self.lease)
+            return []
+        if names:
+            log.info("worker: released the leases of %d sources not polled: %s", len(names), ", ".join(names))
+        return names

@@ -2,6 +2,7 @@
 entries and ~150 KB each, HTML bodies with links and images, GUIDs, dates, utm_ tracking parameters, wire
 stories repeated across feeds) at a given version; each ``advance`` adds entries, drops old ones and
 changes a few. Pure: the same (feeds, version) always renders the same bytes. Serving is bench/server.py.
+``RealCorpus`` serves the real feeds of ../shared/corpus/real instead.
 
     .venv/bin/python bench/corpus.py --feeds 5 --version 0 --out /tmp/corpus   # write the files
 """
@@ -9,6 +10,7 @@ changes a few. Pure: the same (feeds, version) always renders the same bytes. Se
 from __future__ import annotations
 
 import argparse
+import csv
 import random
 import zlib
 from dataclasses import dataclass
@@ -193,6 +195,44 @@ def _atom(feed: int, entries: list[Entry]) -> str:
         + "\n".join(items)
         + "\n</feed>\n"
     )
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "real"
+_TYPES = {".atom": "application/atom+xml", ".json": "application/feed+json", ".rdf": "application/rdf+xml"}
+
+
+class RealCorpus:
+    """The real feeds of ``folder`` (default ../shared/corpus/real), feed n being its n-th file (wrapping
+    round when more feeds are asked for). Of a re-poll pair (REPOLL.tsv) the earlier capture is served
+    first and the later one once the corpus advanced; the others never change. Pages that are not
+    feeds (.html) are left out."""
+
+    def __init__(self, folder: Path = REAL) -> None:
+        self.folder = folder
+        with (folder / "SOURCES.tsv").open(encoding="utf-8") as f:
+            self.items = {r["file"]: int(r["items"] or 0) for r in csv.DictReader(f, delimiter="\t")}
+        with (folder / "REPOLL.tsv").open(encoding="utf-8") as f:
+            self.later = {r["earlier_file"]: r["later_file"] for r in csv.DictReader(f, delimiter="\t")}
+        later = set(self.later.values())
+        self.files = [
+            name
+            for name in sorted(self.items)
+            if name not in later and not name.endswith(".html") and (folder / name).is_file()
+        ]
+
+    def _name(self, feed: int, version: int) -> str:
+        name = self.files[feed % len(self.files)]
+        return self.later.get(name, name) if version else name
+
+    def render(self, feed: int, version: int) -> bytes:
+        return (self.folder / self._name(feed, version)).read_bytes()
+
+    def content_type(self, feed: int) -> str:
+        return _TYPES.get(Path(self._name(feed, 0)).suffix, "application/rss+xml")
+
+    def entries(self, feeds: int, version: int = 0) -> int:
+        """Entries in all documents of one version (SOURCES.tsv's count)."""
+        return sum(self.items.get(self._name(f, version), 0) for f in range(feeds))
 
 
 def main() -> None:

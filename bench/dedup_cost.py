@@ -1,38 +1,53 @@
-"""Cost of syndication and story dedup per new item as the store grows (10k, 100k, optionally 1M items).
+"""Cost per new item of syndication/story linking and of topic matching as the store grows (10k to 1M).
 
-Fills a fresh SQLite file with N stored items (2,000 a day, 40 sources, with real fingerprints of synthetic
-texts drawn from a 30k-word vocabulary), then stores batches of 100 new items through the real
-``save_items`` + ``link_items`` (half of them rewrites of recent stored items, so candidates are found,
-verified and merged) and reports the time per new item. Flat numbers mean indexed lookups only.
+Fills a fresh SQLite file with N stored items (2,000 a day from 40 sources; synthetic texts from a 30k-word
+vocabulary, each with its real fingerprint keys, story terms and topic memberships) by bulk inserts, then
+stores batches of 100 new items through the real ``save_items`` + ``link_items`` (half of them rewrites
+of recent stored items, so candidates are found, verified and merged) and ``pipeline.match_items`` (10
+topics), and reports CPU ms per new item (process time, median of the batches). Flat columns from 10k to
+1M mean indexed lookups only (below ~60k items the 30-day near-duplicate window is not full yet, so 10k
+costs less). CPU time, not wall time: the machine is shared.
 
-    .venv/bin/python bench/dedup_cost.py              # 10k and 100k
-    .venv/bin/python bench/dedup_cost.py 10000 100000 1000000
+    .venv/bin/python bench/dedup_cost.py                          # 10k, 100k and 1M (1M: ~10 minutes)
+    .venv/bin/python bench/dedup_cost.py 10000 100000
 """
 
 from __future__ import annotations
 
+import json
 import random
+import sqlite3
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import store, stories
 from aggregator.dedup import content_hash, item_uid
-from aggregator.model import Item, Source
-from aggregator.store.tables import FingerprintRow, ItemRow, SourceRow
-from aggregator.stories import StoryParams
+from aggregator.model import FetchResult, FetchState, Item, Source, Topic
+from aggregator.pipeline import Context, match_items
+from aggregator.store.tables import ItemRow
+from aggregator.stories import Analysis, StoryParams
+from aggregator.topics import TopicMatcher
 
 RATE = 2000  # stored items per day
 SOURCES = 40
-POOL = 4000  # distinct synthetic documents whose fingerprints the background reuses
-BATCHES, BATCH = 5, 100
+POOL = 4000  # distinct synthetic documents the background reuses (analysed once each)
+BATCHES, BATCH = 7, 100
 START = datetime(2020, 1, 1, tzinfo=UTC)
 WORDS = [f"w{i}" for i in range(30000)]
+TOPICS = [
+    Topic(f"t{i}", f"w{i} OR w{i + 100} OR (w{i + 200} AND NOT w{i + 300}) OR title:w{i + 400}")
+    for i in range(10)
+]
+_STAMP = sqlite.DATETIME().bind_processor(sqlite.dialect())  # the store's text form of a UTC datetime
 
 
 def document(rng: random.Random) -> tuple[str, str]:
@@ -41,39 +56,80 @@ def document(rng: random.Random) -> tuple[str, str]:
     return title, text
 
 
-def fill(
-    sessions: sessionmaker[Session], n: int, rng: random.Random
-) -> tuple[datetime, list[tuple[str, str]]]:
-    """N background items, ``RATE`` a day, fingerprints taken from a pool of real ones."""
+def stamp(when: datetime) -> str:
+    value: str = _STAMP(when.replace(tzinfo=None))
+    return value
+
+
+def background(n: int, pool: list[tuple[str, str]], analyses: list[Analysis]) -> Iterator[tuple[list, ...]]:
+    """Rows of items, fingerprints, story terms and topic memberships, in chunks of 20,000 items. A pool
+    document comes back every POOL items from another source (syndicated copies across the store)."""
+    step = timedelta(days=1) / RATE
+    matchers = [TopicMatcher(topic) for topic in TOPICS]
+    hits = [[m.topic.name for m in matchers if m.matches(_item(t, x), ())] for t, x in pool]
+    for start in range(0, n, 20_000):
+        items, keys, terms, members = [], [], [], []
+        for i in range(start, min(n, start + 20_000)):
+            doc, item_id, when = i % POOL, i + 1, stamp(START + i * step)
+            title, text = pool[doc]
+            source = (i + i // POOL) % SOURCES + 1
+            uid, digest = item_uid("bg", str(i)), content_hash(title, text)
+            items.append((item_id, uid, source, f"k{i}", title, "", text, when, 1, "[]", "[]", "[]", digest,
+                          item_id, when, when, 0, "[]"))  # fmt: skip
+            fp = analyses[doc].fingerprint
+            pairs = [("near", k) for k in fp.near_keys] + [("story", k) for k in fp.story_keys]
+            pairs += [
+                (kind, k) for kind, k in (("text", fp.text_key), ("title", fp.title_key)) if k is not None
+            ]
+            keys.extend((item_id, kind, k, when) for kind, k in pairs)
+            terms.append((item_id, analyses[doc].terms.encode()))
+            members.extend((name, item_id, when) for name in hits[doc])
+        yield items, keys, terms, members
+
+
+def fill(url: str, db: Path, n: int, rng: random.Random) -> tuple[datetime, list[tuple[str, str]]]:
+    """N background items written with sqlite3 executemany (indexes dropped during the fill, rebuilt)."""
     params = StoryParams()
     pool = [document(rng) for _ in range(POOL)]
-    prints = [stories.fingerprint(t, x, params) for t, x in pool]
-    step = timedelta(days=1) / RATE
-    with sessions.begin() as s:
+    analyses = [stories.analyze(t, x, params) for t, x in pool]
+    engine = store.make_engine(url)
+    with store.make_sessionmaker(engine).begin() as s:
         store.sync_sources(s, [Source(f"s{i}", f"file:///s{i}") for i in range(SOURCES + 1)], START)
-        ids = list(s.scalars(select(SourceRow.id).order_by(SourceRow.id)))
-    for chunk in range(0, n, 5000):
-        items, keys = [], []
-        for i in range(chunk, min(n, chunk + 5000)):
-            title, text = pool[i % POOL]
-            when = START + i * step
-            items.append(
-                {
-                    "id": i + 1, "uid": item_uid("bg", str(i)), "source_id": ids[i % SOURCES], "key": f"k{i}",
-                    "title": title, "html": "", "text": text, "published": when, "dated": True,
-                    "authors": [], "categories": [], "enclosures": [], "story_id": i + 1,
-                    "content_hash": content_hash(title, text), "first_seen": when, "changed_at": when,
-                    "update_count": 0,
-                }
-            )  # fmt: skip
-            fp = prints[i % POOL]
-            rows = [("near", k) for k in fp.near_keys] + [("story", k) for k in fp.story_keys]
-            rows += [("text", fp.text_key)] if fp.text_key is not None else []
-            keys.extend({"item_id": i + 1, "kind": k, "key": v, "published": when} for k, v in rows)
-        with sessions.begin() as s:
-            s.execute(insert(ItemRow), items)
-            s.execute(insert(FingerprintRow), keys)
-    return START + n * step, pool
+        store.sync_topics(s, {t.name: "bench" for t in TOPICS})
+    engine.dispose()
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=OFF")
+    con.execute("PRAGMA synchronous=OFF")
+    indexes = con.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type='index' AND sql IS NOT NULL"
+    ).fetchall()
+    for name, _ in indexes:
+        con.execute(f"DROP INDEX {name}")
+    for items, keys, terms, members in background(n, pool, analyses):
+        con.executemany(
+            "INSERT INTO items (id, uid, source_id, key, title, html, text, published, dated, authors, "
+            "categories, enclosures, content_hash, story_id, first_seen, changed_at, update_count, flags) "
+            "VALUES (" + ",".join("?" * 18) + ")",
+            items,
+        )
+        con.executemany("INSERT INTO fingerprints (item_id, kind, key, published) VALUES (?,?,?,?)", keys)
+        con.executemany("INSERT INTO story_terms (item_id, terms) VALUES (?,?)", terms)
+        con.executemany("INSERT INTO topic_items (topic, item_id, added_at) VALUES (?,?,?)", members)
+        con.commit()
+    for _, sql in indexes:
+        con.execute(sql)
+    con.commit()
+    con.close()
+    return START + n * (timedelta(days=1) / RATE), pool
+
+
+def _item(title: str, text: str, key: str = "k", at: datetime = START) -> Item:
+    return Item(source=f"s{SOURCES}", key=key, uid=item_uid("new", key), title=title, html="", text=text,
+                published=at, content_hash=content_hash(title, text))  # fmt: skip
+
+
+def _no_fetch(source: Source, state: FetchState | None) -> FetchResult:
+    raise AssertionError("the benchmark stores items directly")
 
 
 def new_items(
@@ -87,42 +143,58 @@ def new_items(
             words = title.split()
             rng.shuffle(words)
             title, text = " ".join(words), text + " " + " ".join(rng.choices(WORDS, k=8))
-        key = f"new{batch}-{i}"
-        items.append(Item(source=f"s{SOURCES}", key=key, uid=item_uid("new", key), title=title, html="",
-                          text=text, published=at, content_hash=content_hash(title, text)))  # fmt: skip
+        items.append(_item(title, text, f"new{batch}-{i}", at))
     return items
 
 
-def measure(n: int) -> tuple[float, float, int]:
+def measure(n: int) -> dict[str, float]:
+    """CPU ms per new item (median over the batches) of storing, linking and topic matching."""
     rng = random.Random(n)
     with tempfile.TemporaryDirectory() as tmp:
-        engine = store.make_engine(f"sqlite:///{Path(tmp) / 'cost.db'}")
+        db = Path(tmp) / "cost.db"
+        url = f"sqlite:///{db}"
+        engine = store.make_engine(url)
         store.upgrade(engine)
-        sessions = store.make_sessionmaker(engine)
+        engine.dispose()
         started = time.monotonic()
-        end, pool = fill(sessions, n, rng)
+        end, pool = fill(url, db, n, rng)
         filled = time.monotonic() - started
-        timings = []
+        engine = store.make_engine(url)
+        sessions: sessionmaker[Session] = store.make_sessionmaker(engine)
+        sources = [Source(f"s{i}", f"file:///s{i}") for i in range(SOURCES + 1)]
+        ctx = Context.build(sources, TOPICS, sessions, _no_fetch)
+        costs: dict[str, list[float]] = {"save": [], "link": [], "match": []}
         for b in range(BATCHES):
             items = new_items(rng, pool, n, end + timedelta(minutes=b), b)
             with sessions.begin() as s:
-                began = time.perf_counter()
+                clock = time.process_time()
                 saved = store.save_items(s, f"s{SOURCES}", items, end)
+                costs["save"].append(time.process_time() - clock)
+                clock = time.process_time()
                 store.link_items(s, saved.new, saved.updated, end)
-                timings.append((time.perf_counter() - began) / len(items))
+                costs["link"].append(time.process_time() - clock)
+                clock = time.process_time()
+                match_items(ctx, s, saved.new, saved.updated, end)
+                costs["match"].append(time.process_time() - clock)
         with sessions() as s:
             merged = s.scalar(select(func.count()).select_from(ItemRow).where(ItemRow.story_id != ItemRow.id))
         engine.dispose()
-    timings.sort()
-    return timings[len(timings) // 2] * 1000, filled, merged or 0
+    result = {name: statistics.median(values[1:]) / BATCH * 1000 for name, values in costs.items()}
+    return result | {"merged": float(merged or 0), "fill": filled}
 
 
 def main(argv: list[str]) -> int:
-    sizes = [int(x) for x in argv] or [10_000, 100_000]
-    print(f"{'stored items':>12} | {'ms per new item (median of 5 batches of 100)':>44} | merged | fill s")
+    sizes = [int(x) for x in argv] or [10_000, 100_000, 1_000_000]
+    print(f"CPU ms per new item, median of {BATCHES - 1} batches of {BATCH} (the first one warms caches)")
+    columns = ("save_items", "link_items", "match_items", "merged", "fill s")
+    print(f"{'stored items':>12} | " + " | ".join(columns))
+    rows = []
     for n in sizes:
-        per_item, filled, merged = measure(n)
-        print(f"{n:>12,} | {per_item:>44.2f} | {merged:>6} | {filled:.0f}")
+        r = measure(n)
+        rows.append({"stored": n, **r})
+        print(f"{n:>12,} | {r['save']:>10.3f} | {r['link']:>10.3f} | {r['match']:>11.3f} | "
+              f"{int(r['merged']):>6} | {r['fill']:.0f}", flush=True)  # fmt: skip
+    print(json.dumps(rows))
     return 0
 
 

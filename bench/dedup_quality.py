@@ -11,6 +11,7 @@ CLUSTERS.tsv and the second polls against REPOLL.tsv, for a sweep of the story t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -20,9 +21,11 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -50,6 +53,7 @@ class Ingest:
     items: dict[str, list[tuple[int, str | None, str, int | None, int | None]]]  # id, link, title, art, story
     repolls: dict[str, PollOutcome]
     seconds: float
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process seconds: total and per stage
 
 
 def plan() -> list[tuple[datetime, str, Path]]:
@@ -73,24 +77,52 @@ def ingest(params: StoryParams, db: Path) -> Ingest:
     store.upgrade(engine)
     sessions = store.make_sessionmaker(engine)
     http = make_session()
-    started = time.monotonic()
+    started, clock = time.monotonic(), time.process_time()
     repolls: dict[str, PollOutcome] = {}
     seen: set[str] = set()
-    for when, name, path in plan():
-        source = Source(name, path.as_uri())
-        ctx = dataclasses.replace(
-            Context.build([source], [], sessions, functools.partial(fetch, http)), stories=params
-        )
-        with sessions.begin() as s:
-            store.sync_sources(s, [source], when)
-        outcome = poll_source(ctx, name, when)
-        if name in seen:
-            repolls[path.name] = outcome
-        seen.add(name)
+    with cpu_in(("save_items", "link_items")) as cpu:
+        for when, name, path in plan():
+            source = Source(name, path.as_uri())
+            ctx = dataclasses.replace(
+                Context.build([source], [], sessions, functools.partial(fetch, http)), stories=params
+            )
+            with sessions.begin() as s:
+                store.sync_sources(s, [source], when)
+            outcome = poll_source(ctx, name, when)
+            if name in seen:
+                repolls[path.name] = outcome
+            seen.add(name)
     seconds = time.monotonic() - started
+    cpu["ingest"] = time.process_time() - clock
     engine.dispose()
     http.close()
-    return Ingest(read_items(db), repolls, seconds)
+    return Ingest(read_items(db), repolls, seconds, cpu)
+
+
+@contextlib.contextmanager
+def cpu_in(names: Sequence[str]) -> Iterator[dict[str, float]]:
+    """Process seconds spent in the named ``aggregator.store`` functions (the pipeline calls them through
+    the module) while the block runs; single-threaded, so process time is theirs."""
+    spent = dict.fromkeys(names, 0.0)
+    originals = {name: getattr(store, name) for name in names}
+
+    def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            clock = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[name] += time.process_time() - clock
+
+        return call
+
+    for name, function in originals.items():
+        setattr(store, name, timed(name, function))
+    try:
+        yield spent
+    finally:
+        for name, function in originals.items():
+            setattr(store, name, function)
 
 
 def read_items(db: Path) -> dict[str, list[tuple[int, str | None, str, int | None, int | None]]]:
@@ -248,7 +280,13 @@ def _unjudged(run: Ingest, labels: dict[int, str]) -> tuple[list[str], int]:
     return notes, count
 
 
-SWEEP = [(t, j, n) for n in (2, 3) for t in (0.3, 0.4, 0.5, 0.6, 0.7) for j in (0.0, 0.1, 0.15)]
+SWEEP = [
+    (t, j, n, b)
+    for b in (0.0, 0.1)
+    for n in (2, 3)
+    for t in (0.3, 0.4, 0.5, 0.6, 0.7)
+    for j in (0.0, 0.1, 0.15)
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     default = StoryParams()
     header = (
-        f"{'title':>5} {'lead':>5} {'terms':>5} | {'prec':>5} {'recall':>6} {'of_ok':>5} | "
+        f"{'title':>5} {'lead':>5} {'terms':>5} {'bonus':>5} | {'prec':>5} {'recall':>6} {'of_ok':>5} | "
         f"{'true':>4} {'false':>5} "
         f"{'unjudged':>8} | {'synd':>7} | {'repoll':>6} | {'secs':>5}"
     )
@@ -269,14 +307,22 @@ def main(argv: list[str] | None = None) -> int:
         db = Path(tmp) / "quality.db"
         base = ingest(default, db)
         result, chosen_notes = score(base)
+        stored = sum(map(len, base.items.values()))
         print(
-            f"ingest through the pipeline ({len(plan())} polls, {sum(map(len, base.items.values()))} items): "
-            f"{base.seconds:.1f}s; sweep by replaying rule 3 (store.relink_stories) on a copy"
+            f"ingest through the pipeline ({len(plan())} polls, {stored} items): {base.seconds:.1f}s; "
+            f"CPU {base.cpu['ingest']:.2f}s, of which save_items {base.cpu['save_items']:.2f}s "
+            f"({base.cpu['save_items'] / stored * 1000:.2f} ms per item), link_items "
+            f"{base.cpu['link_items']:.2f}s ({base.cpu['link_items'] / stored * 1000:.2f} ms per item); "
+            "sweep by replaying rule 3 (store.relink_stories) on a copy"
         )
         print(header)
-        for threshold, lead, shared in [] if args.quick else SWEEP:
+        for threshold, lead, shared, bonus in [] if args.quick else SWEEP:
             params = dataclasses.replace(
-                default, story_threshold=threshold, story_jaccard=lead, story_min_shared=shared
+                default,
+                story_threshold=threshold,
+                story_jaccard=lead,
+                story_min_shared=shared,
+                story_bonus=bonus,
             )
             copy = Path(tmp) / "sweep.db"
             shutil.copyfile(db, copy)
@@ -286,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.show:
         print("\n".join(chosen_notes))
     print(
-        "title/lead/terms: story_threshold / story_jaccard / story_min_shared; "
+        "title/lead/terms/bonus: story_threshold / story_jaccard / story_min_shared / story_bonus; "
         "prec, recall: pairwise over the labelled C clusters; "
         "of_ok: recall over the pairs a one-item-per-source story can hold; false: merged pairs of two "
         "different labelled events; unjudged: merged pairs with an unlabelled item (--show lists them); "
@@ -299,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _line(p: StoryParams, result: Score, seconds: float, mark: str) -> str:
     return (
-        f"{p.story_threshold:>5.2f} {p.story_jaccard:>5.2f} {p.story_min_shared:>5} | "
+        f"{p.story_threshold:>5.2f} {p.story_jaccard:>5.2f} {p.story_min_shared:>5} {p.story_bonus:>5.2f} | "
         f"{result.precision:>5.3f} {result.recall:>6.3f} "
         f"{result.of_allowed:>5.3f} | {result.true_pairs:>4} {result.false_merges:>5} "
         f"{result.unjudged:>8} | {result.syndication[0]:>3}/{result.syndication[1]:<3} | "

@@ -1,21 +1,27 @@
-"""Ingest benchmark: this project against reader (PyPI), same synthetic corpus, same run, one table.
+"""Ingest benchmark: this project against reader (PyPI), same corpus, same run, one table.
 
 For every latency, each side runs in its own child process on a fresh SQLite file and polls every feed
-of bench/server.py with a thread pool, phase by phase: cold ingest, re-poll unchanged (304s), re-poll
-unchanged with the server sending no validators (200s with the same bodies), re-poll after the corpus
-advanced. Per phase and side: wall seconds, entries/s (entries in the documents of the corpus / wall),
-CPU ms per feed (process_time of the child: every thread, not the server), peak RSS of the child so far;
-and the ratio project/reader. The server runs in this (parent) process.
+of bench/server.py with ``--threads`` threads, phase by phase: cold ingest, re-poll unchanged (304s),
+re-poll unchanged with the server sending no validators (200s with the same bodies), re-poll after the
+corpus advanced. The server (in this parent process) listens on ``--ports`` ports of 127.0.0.1; the
+project keeps its default per-host limit (2 requests in flight per host:port), so up to 2 x ports
+requests are in flight. Per phase and side: wall seconds, entries/s (entries in the documents of the
+corpus / wall), CPU ms per feed (CPU time of the child and its pool processes: every thread, not the
+server), peak RSS (the sum of VmRSS of the child and its descendants, sampled every 20 ms, or the
+child's own ru_maxrss if higher: shared pages count once per process, so this is an upper bound); and
+the ratios reader/project of wall time and of CPU (higher is better for the project).
 
-    .venv/bin/python bench/ingest.py                 # N=200, latency 0 and 50 ms (~4 minutes)
+    .venv/bin/python bench/ingest.py                 # N=200, latency 0 and 50 ms
     .venv/bin/python bench/ingest.py --quick         # N=40, latency 0 ms
     .venv/bin/python bench/ingest.py --full          # N=1,000
+    .venv/bin/python bench/ingest.py --real          # the real feeds of ../shared/corpus/real
     .venv/bin/python bench/ingest.py --feeds 500 --latency 0 --gzip --threads 16 --profile /tmp/p.prof
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +29,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus
-from server import CorpusServer
+from server import Corpus, CorpusServer, Synthetic
 
 PHASES = ("cold", "unchanged 304", "unchanged, no validators", "advanced")
 SIDES = ("project", "reader")
@@ -50,10 +57,12 @@ def server_state(srv: CorpusServer, phase: str) -> None:
 
 def run_side(srv: CorpusServer, side: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     srv.set_version(0)
-    cmd = [sys.executable, __file__, "--child", side, "--feeds", str(args.feeds), "--port", str(srv.port)]
+    ports = ",".join(str(p) for p in srv.ports)
+    cmd = [sys.executable, __file__, "--child", side, "--feeds", str(args.feeds), "--port-list", ports]
     cmd += ["--threads", str(args.threads), "--work", str(work / side)]
+    cmd += ["--parse-processes", str(args.parse_processes)]
     if args.profile and side == "project":
-        cmd += ["--profile", args.profile]
+        cmd += ["--profile", args.profile, "--profile-phase", args.profile_phase]
         cmd[cmd.index("--threads") + 1] = "1"
     env = os.environ | {"PYTHONHASHSEED": "0"}
     child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -65,7 +74,10 @@ def run_side(srv: CorpusServer, side: str, args: argparse.Namespace, work: Path)
             server_state(srv, phase)
             child.stdin.write(phase + "\n")
             child.stdin.flush()
-            results.append(_expect(child, phase))
+            with TreeRSS(child.pid) as rss:
+                result = _expect(child, phase)
+            result["rss"] = max(result["rss"], rss.peak_kb)
+            results.append(result)
         child.stdin.write("quit\n")
         child.stdin.flush()
     finally:
@@ -85,24 +97,79 @@ def _expect(child: subprocess.Popen[str], what: str) -> dict[str, Any]:
     raise RuntimeError(f"child exited with {child.wait()} before reporting {what!r} (see its stderr above)")
 
 
-def table(feeds: int, latency: float, rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> Any:
+class TreeRSS:
+    """Samples the resident memory of a process and its descendants (pool processes) every 20 ms while
+    in use; ``peak_kb`` is the highest sum seen."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> TreeRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak_kb = max(self.peak_kb, sum(_rss_kb(p) for p in _tree(self.pid)))
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # the process or thread has just ended
+                todo += [int(c) for c in task.read_text().split()]
+    return found
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def table(runs: list[tuple[float, dict[str, list[dict[str, Any]]]]], args: argparse.Namespace) -> Any:
+    """One table: a section per latency and phase, a row per side, the ratios on reader's row."""
     from rich.table import Table
 
     title = (
-        f"Ingest: {feeds} feeds x {corpus.ENTRIES} entries, latency {latency * 1000:.0f} ms, "
-        f"{args.threads} threads{', gzip' if args.gzip else ''}"
+        f"Ingest: {args.feeds} feeds ({args.corpus_name}), {args.threads} threads, "
+        f"{len(args.port_numbers)} ports x per_host 2{', gzip' if args.gzip else ''}"
     )
     t = Table(title=title)
-    for col in ("phase", "side", "wall s", "entries/s", "CPU ms/feed", "peak RSS MB", "new", "upd", "err"):
+    columns = ("latency", "phase", "side", "wall s", "entries/s", "CPU ms/feed", "peak RSS MB")
+    for col in (*columns, "new", "upd", "err", "speed x", "CPU x"):
         t.add_column(col, justify="left" if col in ("phase", "side") else "right")
-    t.add_column("speed x", justify="right")
-    t.add_column("CPU x", justify="right")
-    entries = corpus.feed_count_entries(feeds)
+    for latency, rows in runs:
+        _table_rows(t, latency, rows, args)
+    return t
+
+
+def _table_rows(
+    t: Any, latency: float, rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace
+) -> None:
+    feeds, entries = args.feeds, args.entries
     for i, phase in enumerate(PHASES):
         got = {side: rows[side][i] for side in rows}
         for side, r in got.items():
+            first = side == SIDES[0] or len(got) == 1
             t.add_row(
-                phase if side == SIDES[0] or len(got) == 1 else "",
+                f"{latency * 1000:.0f} ms" if first else "",
+                phase if first else "",
                 side,
                 f"{r['wall']:.2f}",
                 f"{entries / r['wall']:,.0f}",
@@ -114,7 +181,6 @@ def table(feeds: int, latency: float, rows: dict[str, list[dict[str, Any]]], arg
                 *(_ratios(got) if side == SIDES[-1] else ("", "")),
             )
         t.add_section()
-    return t
 
 
 def _ratios(got: dict[str, dict[str, Any]]) -> tuple[str, str]:
@@ -131,18 +197,30 @@ def parent(args: argparse.Namespace) -> int:
 
     out = Console(width=None if sys.stdout.isatty() else 120)
     sides = [s for s in SIDES if s in args.sides.split(",")]
+    source: Corpus = corpus.RealCorpus() if args.real else Synthetic()
+    if args.real:
+        args.feeds = args.feeds or len(corpus.RealCorpus().files)
+        args.corpus_name, args.entries = "real", corpus.RealCorpus().entries(args.feeds)
+    else:
+        args.feeds = args.feeds or 200
+        args.corpus_name = f"synthetic, {corpus.ENTRIES} entries each"
+        args.entries = corpus.feed_count_entries(args.feeds)
     out.print(
-        f"corpus: {args.feeds} feeds, {corpus.feed_count_entries(args.feeds):,} entries; "
-        f"sides: {', '.join(sides)}; python {sys.version.split()[0]}; {os.cpu_count()} CPUs"
+        f"corpus: {args.feeds} feeds, {args.entries:,} entries; sides: {', '.join(sides)}; "
+        f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs"
     )
+    runs = []
     for latency in [float(x) / 1000 for x in args.latency.split(",")]:
-        srv = CorpusServer(args.feeds, latency=latency, gzip_=args.gzip).start()
+        srv = CorpusServer(args.feeds, latency=latency, gzip_=args.gzip, ports=args.ports, source=source)
+        srv.start()
+        args.port_numbers = srv.ports
         try:
             with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
                 rows = {side: run_side(srv, side, args, Path(tmp)) for side in sides}
         finally:
             srv.stop()
-        out.print(table(args.feeds, latency, rows, args))
+        runs.append((latency, rows))
+    out.print(table(runs, args))
     return 0
 
 
@@ -152,7 +230,12 @@ def parent(args: argparse.Namespace) -> int:
 Poller = Callable[[], tuple[int, int, int]]  # one pass over every feed: (new, updated, errors)
 
 
-def project_side(feeds: int, port: int, threads: int, work: Path) -> Poller:
+def feed_url(ports: list[int], feed: int) -> str:
+    """Where bench/server.py serves ``feed`` (CorpusServer.url)."""
+    return f"http://127.0.0.1:{ports[feed % len(ports)]}/feeds/{feed}.xml"
+
+
+def project_side(feeds: int, ports: list[int], threads: int, work: Path, processes: int = 0) -> Poller:
     """Build the Context as aggregator/cli.py open_app does, on a fresh SQLite file."""
     from aggregator.cli import open_app
     from aggregator.config import load_config
@@ -163,11 +246,11 @@ def project_side(feeds: int, port: int, threads: int, work: Path) -> Poller:
     work.mkdir(parents=True, exist_ok=True)
     lines = [
         f"database: sqlite:///{work / 'project.db'}",
-        f"worker: {{threads: {threads}, per_host: {min(threads, 64)}}}",
+        f"worker: {{threads: {threads}, parse_processes: {processes}}}",  # per_host: 2 per host:port
         "sources:",
     ]
     for f in range(feeds):
-        lines += [f"  - name: bench-{f:04d}", f"    url: http://127.0.0.1:{port}/feeds/{f}.xml"]
+        lines += [f"  - name: bench-{f:04d}", f"    url: {feed_url(ports, f)}"]
         lines += ["    tags: [news]"]
     lines += [
         "topics:",
@@ -202,13 +285,13 @@ def project_side(feeds: int, port: int, threads: int, work: Path) -> Poller:
     return poll
 
 
-def reader_side(feeds: int, port: int, threads: int, work: Path) -> Poller:
+def reader_side(feeds: int, ports: list[int], threads: int, work: Path) -> Poller:
     from reader import make_reader
 
     work.mkdir(parents=True, exist_ok=True)
     r = make_reader(str(work / "reader.sqlite"))
     for f in range(feeds):
-        r.add_feed(f"http://127.0.0.1:{port}/feeds/{f}.xml")
+        r.add_feed(feed_url(ports, f))
 
     def poll() -> tuple[int, int, int]:
         new = updated = errors = 0
@@ -225,22 +308,25 @@ def reader_side(feeds: int, port: int, threads: int, work: Path) -> Poller:
 
 
 def child(args: argparse.Namespace) -> int:
-    build = project_side if args.child == "project" else reader_side
-    poll = build(args.feeds, args.port, args.threads, Path(args.work))
+    ports = [int(p) for p in args.port_list.split(",")]
+    if args.child == "project":
+        poll = project_side(args.feeds, ports, args.threads, Path(args.work), args.parse_processes)
+    else:
+        poll = reader_side(args.feeds, ports, args.threads, Path(args.work))
     _report({"phase": "ready"})
     profiler = None
     for line in sys.stdin:
         phase = line.strip()
         if phase == "quit":
             break
-        if args.profile and phase == "cold":
+        if args.profile and phase == args.profile_phase:
             import cProfile
 
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile(time.process_time)  # CPU time: the machine is shared
             profiler.enable()
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), tree_cpu()
         new, updated, errors = poll()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        wall, cpu = time.perf_counter() - wall, tree_cpu() - cpu
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
@@ -250,26 +336,43 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+def tree_cpu() -> float:
+    """CPU seconds of this process (every thread) and of its live descendants (pool processes)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    for pid in _tree(os.getpid())[1:]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def _report(result: dict[str, Any]) -> None:
     print(MARK + json.dumps(result), flush=True)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--feeds", type=int, default=200, help="number of feeds (default 200)")
+    p.add_argument("--feeds", type=int, help="number of feeds (default 200; --real: one per file)")
+    p.add_argument("--real", action="store_true", help="serve the real feeds of ../shared/corpus/real")
     p.add_argument("--full", action="store_true", help="1,000 feeds")
     p.add_argument("--quick", action="store_true", help="40 feeds, latency 0 only")
     p.add_argument("--latency", default="0,50", help="comma-separated latencies in ms (default 0,50)")
-    p.add_argument(
-        "--threads", type=int, default=4, help="polling threads per side (default 4, the worker's default)"
-    )
+    p.add_argument("--threads", type=int, default=32, help="polling threads (reader: workers) per side")
+    p.add_argument("--ports", type=int, default=16, help="server ports, each one host:port (default 16)")
     p.add_argument("--gzip", action="store_true", help="the server gzips bodies")
+    p.add_argument(
+        "--parse-processes", type=int, default=0, help="the project's worker.parse_processes (default 0)"
+    )
     p.add_argument("--sides", default="project,reader", help="project,reader (default both)")
     p.add_argument(
         "--profile", help="write a cProfile of the project's cold ingest to this file (polls in one thread)"
     )
+    p.add_argument("--profile-phase", default="cold", choices=PHASES, help="the phase --profile records")
     p.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--port-list", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -277,7 +380,7 @@ def main() -> int:
     if args.full:
         args.feeds = 1000
     if args.quick:
-        args.feeds, args.latency = 40, "0"
+        args.feeds, args.latency, args.ports = 40, "0", 4
     return parent(args)
 
 

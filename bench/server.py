@@ -1,7 +1,10 @@
-"""A threaded HTTP server on 127.0.0.1 that serves the synthetic corpus of bench/corpus.py at
-``/feeds/<n>.xml``, with ETag/Last-Modified and 304s, optional latency per request, optional gzip and a
-mode that sends no validators (and ignores the client's). Documents are rendered before a phase starts
-(``set_version``), never while a request waits. Not a general web server: GET and HEAD only.
+"""A threaded HTTP server on 127.0.0.1 that serves the synthetic corpus of bench/corpus.py (or the real
+feeds, ``corpus.RealCorpus``) at ``/feeds/<n>.xml``, with ETag/Last-Modified and 304s, optional latency
+per request, optional gzip and a mode that sends no validators (and ignores the client's). With
+``ports=k`` it listens on k ports of 127.0.0.1 and feed n is served on port n % k: k origins, which the
+poller's per-host limit counts as k hosts (it keys on host:port), so a benchmark can keep that limit and
+still have many requests in flight. Documents are rendered before a phase starts (``set_version``),
+never while a request waits. Not a general web server: GET and HEAD only.
 
     .venv/bin/python bench/server.py --feeds 200 --port 8765 --latency 50 --gzip
 """
@@ -19,9 +22,28 @@ from datetime import timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus
+
+
+class Corpus(Protocol):
+    """What the server serves: documents by feed number and version."""
+
+    def render(self, feed: int, version: int) -> bytes: ...
+
+    def content_type(self, feed: int) -> str: ...
+
+
+class Synthetic:
+    """The synthetic corpus of bench/corpus.py."""
+
+    def render(self, feed: int, version: int) -> bytes:
+        return corpus.render(feed, version)
+
+    def content_type(self, feed: int) -> str:
+        return "application/atom+xml" if corpus.is_atom(feed) else "application/rss+xml"
 
 
 @dataclass(frozen=True)
@@ -34,12 +56,22 @@ class Doc:
 
 
 class CorpusServer:
-    """Serves ``feeds`` documents of the corpus; start() binds a free port on 127.0.0.1."""
+    """Serves ``feeds`` documents of the corpus on ``ports`` ports of 127.0.0.1 (``port``, else free
+    ones); start() starts them."""
 
     def __init__(
-        self, feeds: int, *, latency: float = 0.0, gzip_: bool = False, validators: bool = True, port: int = 0
+        self,
+        feeds: int,
+        *,
+        latency: float = 0.0,
+        gzip_: bool = False,
+        validators: bool = True,
+        port: int = 0,
+        ports: int = 1,
+        source: Corpus | None = None,
     ) -> None:
         self.feeds = feeds
+        self.source: Corpus = source or Synthetic()
         self.latency = latency
         self.gzip = gzip_
         self.validators = validators
@@ -48,35 +80,40 @@ class CorpusServer:
         self.docs: list[Doc] = []
         self.version = -1
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self.httpd.daemon_threads = True
-        self.httpd.request_queue_size = 256
-        self._thread: threading.Thread | None = None
+        self.servers = [_listen(port + i if port else 0, self) for i in range(ports)]
+        self._threads: list[threading.Thread] = []
 
     @property
     def port(self) -> int:
-        return int(self.httpd.server_address[1])
+        return self.ports[0]
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(httpd.server_address[1]) for httpd in self.servers]
 
     def url(self, feed: int) -> str:
-        return f"http://127.0.0.1:{self.port}/feeds/{feed}.xml"
+        return f"http://127.0.0.1:{self.ports[feed % len(self.servers)]}/feeds/{feed}.xml"
 
     def set_version(self, version: int) -> None:
         """Render every document at ``version`` (the corpus advanced ``version`` times)."""
         if version == self.version:
             return
-        self.docs = [_doc(f, version, self.gzip) for f in range(self.feeds)]
+        self.docs = [_doc(self.source, f, version, self.gzip) for f in range(self.feeds)]
         self.version = version
 
     def start(self) -> CorpusServer:
         if self.version < 0:
             self.set_version(0)
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="corpus-server", daemon=True)
-        self._thread.start()
+        for i, httpd in enumerate(self.servers):
+            thread = threading.Thread(target=httpd.serve_forever, name=f"corpus-server-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        for httpd in self.servers:
+            httpd.shutdown()
+            httpd.server_close()
 
     def count(self, not_modified: bool) -> None:
         with self._lock:
@@ -84,15 +121,22 @@ class CorpusServer:
             self.not_modified += not_modified
 
 
-def _doc(feed: int, version: int, with_gzip: bool) -> Doc:
-    body = corpus.render(feed, version)
+def _listen(port: int, server: CorpusServer) -> ThreadingHTTPServer:
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(server))
+    httpd.daemon_threads = True
+    httpd.request_queue_size = 256
+    return httpd
+
+
+def _doc(source: Corpus, feed: int, version: int, with_gzip: bool) -> Doc:
+    body = source.render(feed, version)
     modified = corpus.BASE + timedelta(hours=version, seconds=feed)
     return Doc(
         body=body,
         gzipped=gzip.compress(body, compresslevel=5, mtime=0) if with_gzip else b"",
         etag='"' + hashlib.sha1(body).hexdigest()[:20] + '"',
         last_modified=format_datetime(modified, usegmt=True),
-        content_type="application/atom+xml" if corpus.is_atom(feed) else "application/rss+xml",
+        content_type=source.content_type(feed),
     )
 
 
@@ -159,7 +203,8 @@ def _handler(server: CorpusServer) -> type[BaseHTTPRequestHandler]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--feeds", type=int, default=200)
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=int, default=8765, help="the first port (default 8765)")
+    p.add_argument("--ports", type=int, default=1, help="listen on this many consecutive ports")
     p.add_argument("--version", type=int, default=0, help="corpus version (how many advances)")
     p.add_argument("--latency", type=float, default=0.0, help="milliseconds added to every request")
     p.add_argument("--gzip", action="store_true", help="gzip bodies for clients that accept it")
@@ -171,6 +216,7 @@ def main() -> None:
         gzip_=args.gzip,
         validators=not args.no_validators,
         port=args.port,
+        ports=args.ports,
     )
     srv.set_version(args.version)
     srv.start()

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -19,7 +20,7 @@ from lxml import html as lxml_html
 from sqlalchemy.orm import Session, sessionmaker
 from waitress import create_server
 
-from aggregator import store
+from aggregator import publish, store
 from aggregator.fetch import fetch, make_session
 from aggregator.model import Source, StoredItem, Topic
 from aggregator.pipeline import Context, backfill_topics, notify_topics, poll_source, topic_definitions
@@ -190,6 +191,7 @@ def test_newsboat_second_reload_shows_only_the_new_items(site: Site, tmp_path: P
         db.execute("UPDATE rss_item SET unread = 0")
     site.feeds.routes["/bbc.xml"] = REAL / "bbc-news-1.xml"  # the later capture: 20 new stories
     site.poll(NOW + timedelta(hours=1))
+    time.sleep(publish.REVALIDATE)  # the servers see a stored change within this period
     newsboat.reload()
     second = newsboat.rows(url)
     assert second == expected(site, bbc)

@@ -399,8 +399,8 @@ def test_unknown_keys_at_every_level(cfg: Path) -> None:
         "a.yaml:2: server.prot: unknown key (did you mean 'port'?)",
         "a.yaml:6: topics[0].sources.nmes: unknown key (did you mean 'names'?)",
         "a.yaml:7: topics[0].colapse_duplicates: unknown key (did you mean 'collapse_duplicates'?)",
-        "a.yaml:8: zzz: unknown key (expected one of: include, sources, topics, database, server, worker,"
-        " defaults, retention, websub)",
+        "a.yaml:8: zzz: unknown key (expected one of: include, sources, topics, database, database_pool,"
+        " server, worker, defaults, retention, websub)",
     ]
 
 
@@ -743,8 +743,8 @@ def test_keys_that_are_not_text_are_unknown_keys(cfg: Path) -> None:
     assert problems() == [
         "a.yaml:2: sources[0].5: unknown key (expected one of: name, url, title, tags, interval, timeout,"
         " max_bytes, user_agent, headers, enabled, auth, allow_private, strip_params, boilerplate)",
-        "a.yaml:3: 1: unknown key (expected one of: include, sources, topics, database, server, worker,"
-        " defaults, retention, websub)",
+        "a.yaml:3: 1: unknown key (expected one of: include, sources, topics, database, database_pool,"
+        " server, worker, defaults, retention, websub)",
     ]
 
 

@@ -22,7 +22,8 @@ from aggregator.dedup import disambiguate, repeated_keys
 from aggregator.model import Item, Source
 from aggregator.normalize import normalize_entry
 from aggregator.parse import parse_feed
-from aggregator.store.tables import ItemRow
+from aggregator.store import repo
+from aggregator.store.tables import ItemRow, SourceRow
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "real"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -163,3 +164,21 @@ def test_prune_keeps_recent_items_and_recently_seen_old_ones(sessions: sessionma
     with sessions.begin() as s:  # first seen just now: kept, whatever their published date
         assert store.prune_items(s, NOW - timedelta(days=90), NOW).items == 0
         assert store.count_items(s) == len(items)
+
+
+def test_one_batch_insert_stores_a_poll_and_skips_what_another_writer_stored(
+    sessions: sessionmaker[Session],
+) -> None:
+    items = items_of("bbc-news-1.xml")[:6]
+    with sessions.begin() as s:
+        store.sync_sources(s, [Source(name="feed", url="https://example.com/feed")], NOW)
+        source_id = s.scalars(select(SourceRow.id)).one()
+        first = repo._insert_items(s, source_id, items[:2], NOW)  # the other writer's commit
+        second = repo._insert_items(s, source_id, items, NOW)
+        stored = {key: article for key, article in s.execute(select(ItemRow.key, ItemRow.article_id))}
+    assert set(first) == {i.key for i in items[:2]}
+    assert set(second) == {i.key for i in items[2:]}  # the two stored already are not claimed as new
+    assert sorted(second.values()) == list(second.values())  # ids in document order
+    assert all(stored[i.key] is not None for i in items if i.url)  # every URL got its article
+    result = save(sessions, items)
+    assert (len(result.new), result.unchanged) == (0, 6)

@@ -21,15 +21,17 @@ ALLOWED: dict[str, set[str]] = {
     | {"aggregator.markup", "aggregator.language"},
     "urls": {"w3lib"},
     "markup": {"nh3", "aggregator.urls"},
-    "language": {"py3langid"},
-    "stories": {"aggregator.model", "datasketch"},
+    "language": {"py3langid", "numpy"},
+    "stories": {"aggregator.model", "datasketch", "numpy"},
     "config": {"aggregator.model", "aggregator.errors", "yaml", "pydantic"},
     "fetch": {"aggregator.model", "aggregator.errors", "requests", "urllib3", "brotli"},
-    "parse": {"aggregator.model", "aggregator.errors", "feedparser"},
+    "parse": {"aggregator.model", "aggregator.errors", "aggregator.fastparse", "feedparser"},
+    "fastparse": {"aggregator.model", "fastfeedparser", "lxml"},
     "publish": {"aggregator.model", "aggregator.errors", "feedgen", "lxml"},
 }
 NOBODY_IMPORTS = {"aggregator.cli", "aggregator.worker", "aggregator.web"}
 ONLY_IN = {"requests": "fetch", "feedparser": "parse", "feedgen": "publish", "apscheduler": "worker"}
+ONLY_IN["fastfeedparser"] = "fastparse"
 
 
 def imports(path: Path) -> set[str]:

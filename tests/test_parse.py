@@ -22,7 +22,7 @@ needs_corpus = pytest.mark.skipif(not REAL.is_dir(), reason="shared/corpus is no
 REAL_FILES = sorted(p.name for p in REAL.iterdir() if p.suffix != ".tsv") if REAL.is_dir() else []
 
 
-def real(name: str, **kw: str) -> ParsedFeed:
+def real(name: str, **kw: str | bool) -> ParsedFeed:
     return parse_feed((REAL / name).read_bytes(), url=f"https://example.org/{name}", source=name, **kw)
 
 
@@ -36,13 +36,14 @@ def expected_items() -> dict[str, int]:
 
 
 @needs_corpus
+@pytest.mark.parametrize("fast", [True, False], ids=["fast path", "feedparser"])
 @pytest.mark.parametrize("name", REAL_FILES)
-def test_real_file_parses(name: str) -> None:
+def test_real_file_parses(name: str, fast: bool) -> None:
     if name == "latimes-403-cloudfront.html":
         with pytest.raises(ParseError, match="not a feed: got text/html"):
-            real(name)
+            real(name, fast=fast)
         return
-    feed = real(name)
+    feed = real(name, fast=fast)
     if name in expected_items():
         assert len(feed.entries) == expected_items()[name]
     for entry in feed.entries:
@@ -377,7 +378,7 @@ def test_unexpected_parser_crash_becomes_parse_error(monkeypatch: pytest.MonkeyP
         ParseError,
         match=re.escape("source 'x': could not parse the document from https://e.org/f: Recursion"),
     ):
-        parse_feed(RSS_EMPTY, url="https://e.org/f", source="x")
+        parse_feed(RSS_EMPTY, url="https://e.org/f", source="x", fast=False)
 
 
 def test_broken_html_page_still_reports_not_a_feed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,14 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy.orm import Session, sessionmaker
 
 import aggregator.pipeline
+import aggregator.stages
 from aggregator import store
 from aggregator.fetch import fetch, make_session
 from aggregator.model import FetchResult, FetchState, Item, PollOutcome, RawEntry, Source, StoredItem, Topic
 from aggregator.normalize import normalize_entry
 from aggregator.parse import parse_feed
 from aggregator.pipeline import Context, backfill_topics, poll_source, topic_definitions
+from aggregator.stages import Stages, limit_malloc_arenas, parse_document
 
 NOW = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)  # after every capture in the corpus
 HOUR = timedelta(hours=1)
@@ -255,7 +257,7 @@ def test_unchanged_feed_is_answered_304_and_not_parsed(
         parses.append(kwargs["source"])
         return parse_feed(body, **kwargs)
 
-    monkeypatch.setattr(aggregator.pipeline, "parse_feed", counting_parse)
+    monkeypatch.setattr(aggregator.stages, "parse_feed", counting_parse)
     ctx = open_context(sessions, [serve(feed_server, "bbc", "bbc-news-2.xml")], [], real_fetch(http))
     first = poll_source(ctx, "bbc", NOW)
     with sessions.begin() as s:
@@ -369,7 +371,7 @@ def test_an_entry_that_fails_to_normalize_is_skipped(
             raise ValueError("cannot normalize this one")
         return normalize_entry(raw, **kwargs)
 
-    monkeypatch.setattr(aggregator.pipeline, "normalize_entry", normalize)
+    monkeypatch.setattr(aggregator.stages, "normalize_entry", normalize)
     ctx = open_context(sessions, [serve(feed_server, "aje", "aljazeera-1.xml")], [], real_fetch(http))
     outcome = poll_source(ctx, "aje", NOW)
     assert outcome.ok and outcome.status == "updated"
@@ -579,3 +581,62 @@ def test_a_busy_database_is_retried_and_a_dead_one_never_raises(
     feed_server.routes["/aje.xml"] = REAL / "aljazeera-2.xml"
     outcome = poll_source(ctx, "aje", NOW)
     assert not outcome.ok and "disk I/O error" in (outcome.error or "")
+
+
+@needs_corpus
+def test_parsing_in_a_process_pool_stores_what_inline_parsing_does(
+    sessions: sessionmaker[Session], http: requests.Session, feed_server: FeedServer
+) -> None:
+    aje = serve(feed_server, "aje", "aljazeera-1.xml")
+    page = serve(feed_server, "page", "latimes-403-cloudfront.html")
+    stages = Stages.build(processes=1, writers=1)
+    try:
+        ctx = replace(open_context(sessions, [aje, page], [], real_fetch(http)), stages=stages)
+        pooled, refused = poll_source(ctx, "aje", NOW), poll_source(ctx, "page", NOW)
+    finally:
+        stages.close()
+    assert pooled.ok and pooled.new == 15
+    _, inline, _ = parse_document(aje, (REAL / "aljazeera-1.xml").read_bytes(), aje.url, None, NOW)
+    stored = {stored.item.key: stored.item.content_hash for stored in all_items(sessions)}
+    assert stored == {item.key: item.content_hash for item in inline}
+    assert not refused.ok and "not a feed" in (refused.error or "")  # a ParseError crosses the pool
+
+
+@needs_corpus
+def test_polls_write_one_at_a_time_on_sqlite_and_none_is_lost(
+    sessions: sessionmaker[Session],
+    http: requests.Session,
+    feed_server: FeedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """16 threads poll at once; Stages lets one store transaction in at a time (SQLite has one writer),
+    so none waits in SQLite's busy handler and every poll is stored."""
+    writing, peak = [0], [0]
+    real_save = store.save_items
+
+    def save_items(*args: Any, **kwargs: Any) -> Any:
+        writing[0] += 1
+        peak[0] = max(peak[0], writing[0])
+        time.sleep(0.01)
+        try:
+            return real_save(*args, **kwargs)
+        finally:
+            writing[0] -= 1
+
+    monkeypatch.setattr(store, "save_items", save_items)
+    sources = [serve(feed_server, f"s{i}", "aljazeera-1.xml") for i in range(16)]
+    ctx = open_context(sessions, sources, [], real_fetch(http))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(lambda s: poll_source(ctx, s.name, NOW), sources))
+    assert all(o.ok and o.new == 15 for o in outcomes)
+    assert peak == [1]
+
+
+def test_malloc_arenas_are_capped_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes.util
+
+    if ctypes.util.find_library("c") is None:
+        pytest.skip("no C library to call")
+    assert limit_malloc_arenas() is True  # glibc (Debian): mallopt(M_ARENA_MAX, 2) accepted
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the operator's setting wins

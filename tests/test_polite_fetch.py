@@ -19,7 +19,14 @@ from pytest_httpserver import HTTPServer
 
 from aggregator import fetch as fetch_module
 from aggregator.errors import FetchError
-from aggregator.fetch import HostLimits, HTTPStatusError, address_allowed, fetch, make_session
+from aggregator.fetch import (
+    HostLimits,
+    HTTPStatusError,
+    address_allowed,
+    fetch,
+    host_key,
+    make_session,
+)
 from aggregator.model import Source
 
 FEED = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
@@ -243,11 +250,40 @@ def test_host_retry_after_holds_back_the_hosts_other_sources(httpserver: HTTPSer
     with pytest.raises(HTTPStatusError):
         fetch(session, src(httpserver.url_for("/a"), name="a"), limits=limits)
     with pytest.raises(
-        HTTPStatusError, match=r"source 'b': localhost asked for a pause \(Retry-After\) until "
+        HTTPStatusError,
+        match=rf"source 'b': localhost:{httpserver.port} asked for a pause \(Retry-After\) until ",
     ):
         fetch(session, src(httpserver.url_for("/b"), name="b"), limits=limits)
     assert [r.path for r, _ in httpserver.log] == ["/a"]  # b's host was not contacted
     unheld = HostLimits(per_host=2, host_retry_after=False)
-    unheld.hold("localhost", "3600")
+    unheld.hold(host_key(httpserver.url_for("/b")), "3600")
     assert fetch(session, src(httpserver.url_for("/b"), name="b"), limits=unheld).body == FEED
     session.close()
+
+
+def test_the_per_host_limit_counts_host_and_port() -> None:
+    assert host_key("http://Example.org/feed") == "example.org:80"
+    assert host_key("https://example.org/feed") == "example.org:443"
+    assert host_key("http://127.0.0.1:8081/a") == "127.0.0.1:8081" != host_key("http://127.0.0.1:8082/a")
+    assert host_key("http://user:pw@[::1]:9000/a") == "::1:9000"
+
+
+def test_two_ports_of_one_machine_are_two_hosts(session: requests.Session) -> None:
+    servers = [GateServer(), GateServer()]  # each holds its requests until its gate opens
+    limits = HostLimits(per_host=2)
+    sources = [src(servers[i % 2].url(f"/feed-{i}"), name=f"s{i}") for i in range(8)]
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            jobs = [pool.submit(fetch, session, s, limits=limits) for s in sources]
+            for server in servers:
+                server.wait_for(2)
+            in_flight = [server.active for server in servers]  # 2 at each port at the same time
+            for server in servers:
+                server.gate.set()
+            results = [job.result() for job in jobs]
+    finally:
+        for server in servers:
+            server.close()
+    assert in_flight == [2, 2]
+    assert all(r.body == GATE_FEED for r in results)
+    assert [server.peak for server in servers] == [2, 2]

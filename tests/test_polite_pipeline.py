@@ -23,6 +23,7 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy.orm import Session, sessionmaker
 
 import aggregator.pipeline
+import aggregator.stages
 import aggregator.store.repo
 from aggregator import store
 from aggregator.fetch import fetch, make_session
@@ -67,13 +68,13 @@ def health(sessions: sessionmaker[Session]) -> dict[str, Any]:
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Counts the documents the pipeline parses (the real parser still runs)."""
     calls: list[str] = []
-    real = aggregator.pipeline.parse_feed
+    real = aggregator.stages.parse_feed
 
     def counting(body: bytes, **kw: Any) -> ParsedFeed:
         calls.append(kw["url"])
         return real(body, **kw)
 
-    monkeypatch.setattr(aggregator.pipeline, "parse_feed", counting)
+    monkeypatch.setattr(aggregator.stages, "parse_feed", counting)
     return calls
 
 

@@ -121,22 +121,12 @@ def test_export_carries_the_item_flags(site: Path, tmp_path: Path) -> None:
 
 
 def test_migration_0003_adds_flags_and_tombstones_to_a_filled_database(tmp_path: Path) -> None:
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import create_engine, inspect, text
 
-    from aggregator.store.engine import MIGRATIONS
+    from aggregator.store.engine import migrate
 
     engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-
-    def migrate(step: str, revision: str) -> None:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            getattr(command, step)(config, revision)
-
-    migrate("upgrade", "0002")
+    migrate(engine, "0002")
     with engine.begin() as db:
         db.execute(
             text(
@@ -148,11 +138,11 @@ def test_migration_0003_adds_flags_and_tombstones_to_a_filled_database(tmp_path:
                         "authors, categories, enclosures, content_hash, first_seen, changed_at, "
                         "update_count) VALUES ('u', 1, 'guid:1', 't', '', '', '2026-01-01', 1, '[]', "
                         "'[]', '[]', 'h', '2026-01-01', '2026-01-01', 0)"))  # fmt: skip
-    migrate("upgrade", "0003")
+    migrate(engine, "0003")
     with engine.begin() as db:
         assert db.execute(text("SELECT flags FROM items")).scalar() == "[]"
         db.execute(text("INSERT INTO tombstones VALUES (1, 'guid:0', '2026-01-02')"))
-    migrate("downgrade", "0002")
+    migrate(engine, "0002", down=True)
     inspector = inspect(engine)
     assert "tombstones" not in inspector.get_table_names()
     assert "flags" not in {c["name"] for c in inspector.get_columns("items")}

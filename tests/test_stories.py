@@ -11,20 +11,22 @@ import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import REAL
+from datasketch import MinHash
 from lxml import etree
-from sqlalchemy import func, select
+from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import publish, store, stories
 from aggregator.fetch import fetch, make_session
-from aggregator.model import Source, StoredItem, Topic
+from aggregator.model import Item, Source, StoredItem, Topic
 from aggregator.pipeline import Context, poll_source, topic_definitions
-from aggregator.store.tables import FingerprintRow, ItemRow, MergeRow, SourceRow
+from aggregator.store.tables import FingerprintRow, ItemRow, MergeRow, SourceRow, TermsRow
 from aggregator.stories import StoryParams
 
 needs_corpus = pytest.mark.skipif(not REAL.is_dir(), reason=f"shared corpus not found at {REAL}")
@@ -284,3 +286,92 @@ def test_link_items_skips_an_id_that_is_not_stored(sessions: sessionmaker[Sessio
     with sessions.begin() as s:
         store.link_items(s, [(12345, None)], [], datetime.now(UTC))  # type: ignore[list-item]
         assert s.scalar(select(func.count()).select_from(MergeRow)) == 0
+
+
+# --- cost: batched lookups, stored terms, the numpy MinHash ----------------------------------------------
+
+
+def test_minhash_gives_datasketch_values_so_stored_keys_stay_valid() -> None:
+    features = [f"shingle {i} über 中国" for i in range(300)]
+    for num_perm in (12, 120):
+        sketch = MinHash(num_perm=num_perm, seed=1, scheme="affine32")
+        sketch.update_batch([f.encode() for f in features])
+        assert stories.minhash(features, num_perm) == [int(v) for v in sketch.hashvalues]
+    assert stories.minhash([], 12) == [0xFFFFFFFF] * 12
+
+
+def test_terms_round_trip_and_a_third_shared_title_term_earns_the_bonus() -> None:
+    params = StoryParams()
+    terms = stories.analyze(
+        "Volcano erupts on La Palma", "Lava pours from the volcano on La Palma.", params
+    ).terms
+    assert stories.Terms.decode(terms.encode()) == terms
+    assert stories.Terms.decode_title(terms.encode()) == terms.title
+    two = frozenset({"volcan", "erupts", "x1", "x2", "x3"}), frozenset({"volcan", "erupts", "y1", "y2", "y3"})
+    three = (
+        frozenset({"volcan", "erupts", "palma", "x2", "x3"}),
+        frozenset({"volcan", "erupts", "palma", "y"}),
+    )
+    assert stories.title_similarity(*two, params) == pytest.approx(0.4)  # below the threshold
+    assert stories.title_similarity(*three, params) == pytest.approx(0.75 + params.story_bonus)
+    assert stories.title_similarity(*three, replace(params, story_bonus=0.0)) == pytest.approx(0.75)
+
+
+def story_items(source: str, count: int, at: datetime, first: int = 0, *, copies: bool = True) -> list[Item]:
+    """``count`` reports, each on an event of its own: item i of every source covers event i (with the
+    same text, or with ``copies`` False, in words of its own)."""
+    items = []
+    for i in range(first, first + count):
+        title = f"Volcano{i} erupts{i} in Harbour{i} as Mayor{i} orders{i} evacuation{i} ({source})"
+        more = "More. " if copies else f"{source} has more. "
+        text = f"Mayor{i} ordered the evacuation of Harbour{i} after Volcano{i} erupted. " + more * 30
+        key = f"{source}-{i}"
+        items.append(Item(source=source, key=key, uid=f"uid-{key}", title=title, html="", text=text,
+                          published=at, content_hash=f"h-{key}"))  # fmt: skip
+    return items
+
+
+def link_poll(s: Session, source: str, items: list[Item], at: datetime) -> int:
+    """Store and link one poll; returns the number of SQL statements link_items ran."""
+    saved = store.save_items(s, source, items, at)
+    statements = []
+    engine = s.get_bind()
+    event.listen(engine, "before_cursor_execute", record := lambda *args: statements.append(args[2]))
+    try:
+        store.link_items(s, saved.new, saved.updated, at)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return len(statements)
+
+
+def test_link_items_runs_as_many_statements_for_40_items_as_for_5(sessions: sessionmaker[Session]) -> None:
+    at = datetime(2024, 5, 10, tzinfo=UTC)
+    names = ["wire", "small", "large"]
+    with sessions.begin() as s:
+        store.sync_sources(s, [Source(n, f"file:///{n}") for n in names], at)
+        link_poll(s, "wire", story_items("wire", 40, at), at)
+    with sessions.begin() as s:
+        few = link_poll(s, "small", story_items("small", 5, at), at)
+    with sessions.begin() as s:
+        many = link_poll(s, "large", story_items("large", 35, at, first=5), at)
+    assert many == few  # a few batched lookups and writes per poll, none per item
+    with sessions() as s:
+        rows = s.execute(select(SourceRow.name, ItemRow.key, ItemRow.story_id).join(SourceRow)).all()
+    story = {key: story_id for _, key, story_id in rows}
+    for i in range(40):  # every report found its story
+        assert story[f"{'small' if i < 5 else 'large'}-{i}"] == story[f"wire-{i}"]
+    assert len({story[f"wire-{i}"] for i in range(40)}) == 40  # and no two events were joined
+
+
+def test_items_stored_before_story_terms_get_them_when_compared(sessions: sessionmaker[Session]) -> None:
+    at = datetime(2024, 5, 10, tzinfo=UTC)
+    with sessions.begin() as s:
+        store.sync_sources(s, [Source(n, f"file:///{n}") for n in ("old", "new")], at)
+        link_poll(s, "old", story_items("old", 3, at, copies=False), at)
+        s.execute(delete(TermsRow))  # as if stored before migration 0006
+    with sessions.begin() as s:
+        link_poll(s, "new", story_items("new", 3, at, copies=False), at)
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(TermsRow)) == 6
+        merged = s.scalars(select(MergeRow.rule).where(MergeRow.level == "story")).all()
+    assert merged == ["story"] * 3

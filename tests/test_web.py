@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,9 +12,10 @@ import feedparser
 import pytest
 from flask.testing import FlaskClient
 from lxml import etree
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator import publish, store
+from aggregator import publish, store, web
 from aggregator.model import Item, Source, Topic
 from aggregator.web import create_app
 
@@ -53,7 +55,7 @@ def client(sessions: sessionmaker[Session]) -> FlaskClient:
         store.add_topic_items(s, "war", [i for i, _ in saved.new], NOW)
         saved = store.save_items(s, "up", [item("c", "Ukraine three", 1)], NOW + timedelta(minutes=5))
         store.add_topic_items(s, "war", [i for i, _ in saved.new], NOW + timedelta(minutes=5))
-    app = create_app(TOPICS, sessions, "http://feeds.test:8080/")
+    app = create_app(TOPICS, sessions, "http://feeds.test:8080/", revalidate=0)
     return app.test_client()
 
 
@@ -234,3 +236,120 @@ def test_icon_in_every_format(sessions: sessionmaker[Session]) -> None:
     rss = etree.fromstring(client.get("/topics/iconic.rss").data)
     assert rss.findtext("channel/image/url") == "https://feeds.test/icon.png"
     assert client.get("/topics/iconic.json").json["icon"] == "https://feeds.test/icon.png"
+
+
+# --- the per-process cache: gzip copies, the state token, the thin path ----------------------------------
+
+
+def test_gzip_copy_for_clients_that_accept_it(client: FlaskClient) -> None:
+    plain = client.get("/topics/war.rss")
+    packed = client.get("/topics/war.rss", headers={"Accept-Encoding": "br, gzip;q=0.8"})
+    assert packed.headers["Content-Encoding"] == "gzip" and "Content-Encoding" not in plain.headers
+    assert gzip.decompress(packed.data) == plain.data
+    assert int(packed.headers["Content-Length"]) == len(packed.data)
+    assert plain.headers["Vary"] == packed.headers["Vary"] == "Accept-Encoding"
+    assert packed.headers["ETag"] == plain.headers["ETag"][:-1] + '-gz"'
+    for etag in (plain.headers["ETag"], packed.headers["ETag"]):  # either copy's ETag validates
+        assert client.get("/topics/war.rss", headers={"If-None-Match": etag}).status_code == 304
+    refused = client.get("/topics/war.rss", headers={"Accept-Encoding": "gzip;q=0, identity"})
+    assert "Content-Encoding" not in refused.headers and refused.data == plain.data
+
+
+@pytest.mark.parametrize(
+    ("header", "gzipped"),
+    [
+        (None, False),
+        ("", False),
+        ("gzip", True),
+        ("GZIP, deflate", True),
+        ("deflate, br", False),
+        ("*", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.5", True),
+        ("gzip;q=nonsense", False),
+        ("x-gzip", True),
+    ],
+)
+def test_accept_encoding(header: str | None, gzipped: bool) -> None:
+    assert web._accepts_gzip(header) is gzipped
+
+
+def test_fast_path_answers_like_the_flask_route(client: FlaskClient) -> None:
+    """The first request renders through Flask; the next ones are cache hits answered before Flask:
+    same status, headers and body."""
+    for path in ("/topics/war.atom", "/topics/war.atom?page=2", "/topics/empty.json"):
+        miss, hit = client.get(path), client.get(path)
+        assert (hit.status_code, hit.data) == (miss.status_code, miss.data)
+        assert sorted(hit.headers.items()) == sorted(miss.headers.items())
+        head = client.head(path)
+        assert head.data == b"" and head.headers["Content-Length"] == miss.headers["Content-Length"]
+
+
+def test_state_is_trusted_for_the_validation_period(sessions: sessionmaker[Session]) -> None:
+    """Within the validation period a server keeps serving what it rendered; with revalidate=0 it
+    sees every change at once (tests/test_serve_twin.py shows a change arriving within the period)."""
+    with sessions.begin() as s:
+        store.sync_sources(s, [Source("up", "https://up.example/rss")], NOW)
+        store.sync_topics(s, {"war": "1", "empty": "1"})
+    trusting = create_app(TOPICS, sessions, "http://x", revalidate=3600).test_client()
+    checking = create_app(TOPICS, sessions, "http://x", revalidate=0).test_client()
+    before = trusting.get("/topics/war.json")
+    assert before.json is not None and before.json["items"] == []
+    assert checking.get("/topics/war.json").data == before.data
+    with sessions.begin() as s:
+        saved = store.save_items(s, "up", [item("a", "Ukraine one", 3)], NOW)
+        store.add_topic_items(s, "war", [i for i, _ in saved.new], NOW)
+    assert trusting.get("/topics/war.json").data == before.data  # cached and trusted
+    fresh = checking.get("/topics/war.json")
+    assert fresh.json is not None and [x["title"] for x in fresh.json["items"]] == ["Ukraine one"]
+
+
+def test_state_changes_with_every_input_of_the_feed(
+    client: FlaskClient, sessions: sessionmaker[Session]
+) -> None:
+    """Membership, content, and article or story links (re-linking changes no timestamp)."""
+
+    def state() -> store.TopicState:
+        with sessions() as s:
+            return store.topic_state(s, "war")
+
+    states = [state()]
+    assert states[0].count == 3 and states[0].last_change == NOW + timedelta(minutes=5)
+    with sessions.begin() as s:
+        s.execute(text("UPDATE items SET story_id = id WHERE story_id IS NULL"))
+    states.append(state())
+    with sessions.begin() as s:
+        s.execute(text("UPDATE items SET article_id = (SELECT MIN(id) FROM items)"))
+    states.append(state())
+    with sessions.begin() as s:
+        store.save_items(s, "up", [item("c", "Ukraine three, revised", 1)], NOW + timedelta(minutes=7))
+    states.append(state())
+    assert states[-1].last_change == NOW + timedelta(minutes=7)
+    revised = client.get("/topics/war.rss").headers["ETag"]
+    with sessions.begin() as s:
+        ids = [i for (i,) in s.execute(text("SELECT item_id FROM topic_items ORDER BY item_id"))]
+        store.remove_topic_items(s, "war", ids[:1])
+    states.append(state())
+    assert len(set(states)) == len(states), states
+    assert client.get("/topics/war.rss").headers["ETag"] != revised
+    with sessions.begin() as s:
+        store.add_topic_items(s, "war", ids[:1], NOW + timedelta(minutes=5))  # back as it was
+    assert state() == states[3] and client.get("/topics/war.rss").headers["ETag"] == revised
+
+
+def test_a_store_that_cannot_be_read_is_a_503_even_for_cached_feeds(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    engine = store.make_engine(f"sqlite:///{path}")
+    store.upgrade(engine)
+    sessions = store.make_sessionmaker(engine)
+    with sessions.begin() as s:
+        store.sync_topics(s, {"war": "1", "empty": "1"})
+    client = create_app(TOPICS, sessions, "http://x", revalidate=0).test_client()
+    assert client.get("/topics/war.rss").status_code == 200  # rendered and cached
+    engine.dispose()
+    path.rename(tmp_path / "gone.db")  # the next connection opens an empty database: no tables
+    for url in ("/topics/war.rss", "/topics/empty.json"):  # a cached page, then an uncached one
+        response = client.get(url)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert "store: the database cannot be read (OperationalError)" in response.get_data(as_text=True)
+    engine.dispose()

@@ -5,9 +5,11 @@ pings it when a topic gains items; the subscriber receives the new feed content.
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +110,7 @@ def test_a_subscriber_receives_new_items_after_a_publish_ping(
     def ping(names: Any) -> None:
         urls = [publish.topic_feed_urls(site.base, n)["atom"] for n in names]
         pings.append(urls)
-        assert websub.ping_hub(hub, urls) == []
+        assert websub.ping_hub(hub, urls, settle=publish.REVALIDATE) == []  # as cli's pinger does
 
     site = Site(tmp_path, feed_server, (TOPIC,), websub_hub=hub, on_topics_changed=ping)
     try:
@@ -140,3 +142,34 @@ def test_ping_failures_are_reported_not_raised(hub: str) -> None:
     assert len(problems) == 1 and problems[0].startswith(f"websub: cannot reach hub {dead} for ")
     refused = websub.ping_hub(hub.replace("/hub", "/nothing-here"), ["http://127.0.0.1/topics/x.atom"])
     assert len(refused) == 1 and "refused the ping" in refused[0] and "HTTP 404" in refused[0]
+
+
+def test_ping_later_returns_at_once_and_pings_after_settling() -> None:
+    """cli's pinger: the poll that committed does not wait; the hub hears of the change only once every
+    web server serves it (publish.REVALIDATE)."""
+    got: list[tuple[float, bytes]] = []
+    heard = threading.Event()
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append((time.monotonic(), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+            heard.set()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        websub.ping_later(
+            f"http://127.0.0.1:{server.server_address[1]}/", ["http://x/topics/a.atom"], settle=0.5
+        )
+        assert not got  # returned before the ping
+        assert heard.wait(10)
+        assert got[0][0] - started >= 0.5 and b"hub.topic=http%3A%2F%2Fx%2Ftopics%2Fa.atom" in got[0][1]
+    finally:
+        server.shutdown()
+        server.server_close()

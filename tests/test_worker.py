@@ -6,36 +6,20 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import requests
 from conftest import GateServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import store
-from aggregator.fetch import HostLimits, fetch, make_session
+from aggregator.fetch import HostLimits, fetch
 from aggregator.model import Source
 from aggregator.pipeline import Context
 from aggregator.schedule import CLAIM_LEASE
 from aggregator.worker import Worker
 
 NOW = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def gate() -> Iterator[GateServer]:
-    server = GateServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    session = make_session(pool_size=16)
-    yield session
-    session.close()
 
 
 class Clock:

@@ -1,6 +1,7 @@
 """The store: the only package that touches the database (SQLAlchemy 2.x, SQLite or PostgreSQL)."""
 
 from aggregator.store.engine import (
+    Pool,
     WriterLock,
     ensure_current,
     make_engine,
@@ -8,14 +9,22 @@ from aggregator.store.engine import (
     schema_revision,
     upgrade,
 )
+from aggregator.store.leases import (
+    claim_due_sources,
+    leases_per_host,
+    new_owner,
+    release_leases,
+    renew_lease,
+    url_host,
+)
 from aggregator.store.repo import (
     PollRecord,
     PruneResult,
     SaveResult,
     ScheduleInputs,
+    TopicState,
     TopicStats,
     add_topic_items,
-    claim_due_sources,
     count_items,
     fetch_state,
     item_topics,
@@ -32,6 +41,7 @@ from aggregator.store.repo import (
     sync_topics,
     topic_entry_count,
     topic_items,
+    topic_state,
     topic_stats,
 )
 from aggregator.store.stories import (
@@ -49,9 +59,11 @@ __all__ = [
     "Member",
     "Merge",
     "PollRecord",
+    "Pool",
     "PruneResult",
     "SaveResult",
     "ScheduleInputs",
+    "TopicState",
     "TopicStats",
     "WriterLock",
     "add_topic_items",
@@ -62,15 +74,19 @@ __all__ = [
     "fetch_state",
     "item_topics",
     "item_urls",
+    "leases_per_host",
     "link_items",
     "make_engine",
     "make_sessionmaker",
     "merges_of",
+    "new_owner",
     "poll_history",
     "prune_items",
     "record_poll",
+    "release_leases",
     "relink_stories",
     "remove_topic_items",
+    "renew_lease",
     "save_items",
     "schedule_inputs",
     "schema_revision",
@@ -80,6 +96,8 @@ __all__ = [
     "sync_topics",
     "topic_entry_count",
     "topic_items",
+    "topic_state",
     "topic_stats",
     "upgrade",
+    "url_host",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,23 +25,39 @@ from sqlalchemy.orm import Session, sessionmaker
 from aggregator.errors import StoreError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONNECT_TIMEOUT = 10  # seconds: PostgreSQL connection attempts (a host that does not answer) give up
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; for SQLite files, create the folder and turn on WAL and foreign keys."""
+@dataclass(frozen=True)
+class Pool:
+    """Connection pool limits (a file database or PostgreSQL; in-memory SQLite has its own pool)."""
+
+    size: int = 10
+    overflow: int = 10
+    timeout: float = 30.0  # seconds to wait for a free connection
+
+
+def make_engine(url: str, pool: Pool | None = None) -> Engine:
+    """Create an engine whose pooled connections are checked before use (a database restart costs
+    the operation in progress, not the process); for SQLite files, create the folder and turn on WAL
+    and foreign keys; for PostgreSQL, give up connecting after CONNECT_TIMEOUT seconds."""
     try:
         parsed = make_url(url)
     except ArgumentError as e:
         raise StoreError(f"store: invalid database URL {url!r}: {e}") from e
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    database = parsed.database or ""
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
             try:
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StoreError(f"store: cannot create the folder for {database}: {e}") from e
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    elif "connect_timeout" not in parsed.query:
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    if pool is not None and database and database != ":memory:" and not database.startswith("file:"):
+        kwargs.update(pool_size=pool.size, max_overflow=pool.overflow, pool_timeout=pool.timeout)
     try:
         engine = create_engine(url, **kwargs)
     except (ArgumentError, ImportError, SQLAlchemyError) as e:
@@ -71,11 +88,16 @@ def _alembic_config() -> Config:
 
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration (creating it on an empty database)."""
+    migrate(engine, "head")
+
+
+def migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
+    """Upgrade (or, with ``down``, downgrade) the schema to ``revision``, in one transaction."""
     config = _alembic_config()
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            (command.downgrade if down else command.upgrade)(config, revision)
     except SQLAlchemyError as e:
         raise StoreError(f"store: migration failed on {engine.url.render_as_string()}: {e}") from e
 

@@ -9,9 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, delete, func, literal, select, update
+from sqlalchemy import (
+    Select,
+    Text,
+    Update,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -25,6 +39,7 @@ from aggregator.model import (
     SourceHealth,
     StoredItem,
 )
+from aggregator.store.leases import SYNC_LOCK, end_lease, take_lock, url_host
 from aggregator.store.stories import with_sightings
 from aggregator.store.tables import (
     ArticleRow,
@@ -52,7 +67,9 @@ def _insert(s: Session, table: Any) -> Any:
 
 
 def sync_sources(s: Session, sources: Sequence[Source], now: datetime) -> None:
-    """Make the sources table agree with the configuration; new sources are due at once."""
+    """Make the sources table agree with the configuration; new sources are due at once. Several
+    workers starting together take turns (store/leases.py take_lock)."""
+    take_lock(s, SYNC_LOCK)
     rows = {row.name: row for row in s.scalars(select(SourceRow))}
     for source in sources:
         row = rows.pop(source.name, None)
@@ -67,6 +84,7 @@ def sync_sources(s: Session, sources: Sequence[Source], now: datetime) -> None:
                     last_new=0,
                     next_due_at=now,
                     created_at=now,
+                    host=url_host(source.url),
                 )
             )
             continue
@@ -75,32 +93,32 @@ def sync_sources(s: Session, sources: Sequence[Source], now: datetime) -> None:
             row.redirect_candidate, row.url_reason, row.body_hash = None, None, None
             row.next_due_at, row.retired, row.error_count = now, False, 0
             row.last_status, row.last_error = None, None
+            end_lease(row)
         if not row.enabled and source.enabled:  # re-enabled by the operator: also ends a retirement
             row.next_due_at, row.retired = now, False
         row.enabled, row.in_config = source.enabled, True
+        row.host = url_host(row.effective_url or row.url)
     for row in rows.values():
         row.in_config = False
 
 
-def claim_due_sources(s: Session, now: datetime, *, lease: timedelta, limit: int = 100) -> list[str]:
-    """Names of enabled sources due by ``now``; their next due time moves ``lease`` ahead so that a
-    second claim does not take them while they are being polled."""
-    query = (
-        select(SourceRow)
-        .where(SourceRow.enabled, SourceRow.in_config, ~SourceRow.retired, SourceRow.next_due_at <= now)
-        .order_by(SourceRow.next_due_at)
-        .limit(limit)
-    )
-    if s.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    rows = list(s.scalars(query))
-    for row in rows:
-        row.next_due_at = now + lease
-    return [row.name for row in rows]
+# The polling hot path (a 304 runs fetch_state, schedule_inputs and record_poll) uses statements built
+# once, with bound parameters, on the session's connection: no statement construction, cache key or ORM
+# object per poll.
+_FETCH_STATE = select(
+    SourceRow.effective_url,
+    SourceRow.url,
+    SourceRow.etag,
+    SourceRow.last_modified,
+    SourceRow.error_count,
+    SourceRow.body_hash,
+    SourceRow.redirect_candidate,
+).where(SourceRow.name == bindparam("name"))
 
 
 def fetch_state(s: Session, name: str) -> FetchState | None:
-    row = s.scalar(select(SourceRow).where(SourceRow.name == name))
+    """What the next request of ``name`` sends (URL, validators) and its error count."""
+    row = s.connection().execute(_FETCH_STATE, {"name": name}).first()
     if row is None:
         return None
     return FetchState(
@@ -123,38 +141,79 @@ def record_poll(
     url_reason: str | None = None,
 ) -> None:
     """Write what one poll learned onto its source row (status, validators, errors, next due time and
-    why, a confirmed move, a retirement) and into its bounded poll history."""
-    row = s.scalar(select(SourceRow).where(SourceRow.name == outcome.source))
-    if row is None:
-        return
-    _record_history(s, row.id, outcome, now)
-    row.next_due_reason = outcome.due_reason
-    row.retired = row.retired or outcome.retired
-    row.last_fetch_at = now
-    row.last_http_status = outcome.http_status
-    row.last_status = outcome.status
-    row.next_due_at = outcome.next_due
+    why, a confirmed move, a retirement) and into its bounded poll history: one UPDATE (values that
+    depend on the row are SQL expressions), one INSERT and one DELETE."""
+    values: dict[str, Any] = {
+        "next_due_reason": outcome.due_reason,
+        "last_fetch_at": now,
+        "last_http_status": outcome.http_status,
+        "last_status": outcome.status,
+        "next_due_at": outcome.next_due,
+        "lease_owner": None,  # the poll commits with this: the source's lease (store/leases.py) ends
+        "lease_expires_at": None,
+    }
+    if outcome.retired:
+        values["retired"] = True
     if outcome.ok:
-        row.error_count, row.last_error = 0, None
-        row.last_new = outcome.new
-        row.last_problem = outcome.problem
+        values |= {"error_count": 0, "last_error": None, "last_new": outcome.new}
+        values["last_problem"] = outcome.problem
         if outcome.entries or outcome.status == "updated":  # not a 304 or an identical body
-            row.last_entries = outcome.entries
+            values["last_entries"] = outcome.entries
     else:
-        row.error_count += 1
-        row.last_error = outcome.error
+        values["last_error"] = outcome.error
+    params: dict[str, Any] = {"source": outcome.source}
     if state is not None:
-        effective = state.url if state.url != row.url else None
-        if effective != row.effective_url:
-            row.url_reason = url_reason if effective else None
-        row.effective_url = effective
-        row.etag, row.last_modified = state.etag, state.last_modified
-        row.body_hash, row.redirect_candidate = state.body_hash, state.redirect_candidate
+        values |= _state_values(state)
+        params |= {"state_url": state.url, "url_reason": url_reason}
     if meta is not None:
-        row.title = _no_nul(meta.title) if meta.title else row.title
-        row.link = meta.link or row.link
-        row.feed_ttl = _seconds(meta.ttl)
-        row.feed_update_every = _seconds(meta.update_every)
+        values |= _meta_values(meta)
+    params |= {f"v_{name}": value for name, value in values.items()}
+    statement = _source_update(tuple(sorted(values)), not outcome.ok, state is not None)
+    source_id = s.connection().execute(statement, params).scalar()
+    if source_id is not None:
+        _record_history(s, source_id, outcome, now)
+
+
+@cache
+def _source_update(columns: tuple[str, ...], failed: bool, moved: bool) -> Update:
+    """UPDATE sources SET each of ``columns`` to its parameter ``v_<column>`` WHERE name = :source,
+    returning the id; ``failed`` counts an error, ``moved`` sets the effective URL and its reason (from
+    :state_url and :url_reason). Built once per shape."""
+    values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in columns}
+    if failed:
+        values["error_count"] = SourceRow.error_count + 1
+    if moved:
+        state_url, reason = bindparam("state_url", type_=Text()), bindparam("url_reason", type_=Text())
+        differs = SourceRow.url != state_url
+        effective = case((differs, state_url), else_=null())
+        unchanged = SourceRow.effective_url.is_not_distinct_from(effective)
+        values["effective_url"] = effective
+        new_reason = case((differs, reason), else_=null())
+        values["url_reason"] = case((unchanged, SourceRow.url_reason), else_=new_reason)
+    statement = update(SourceRow).where(SourceRow.name == bindparam("source")).values(values)
+    return statement.returning(SourceRow.id)
+
+
+def _state_values(state: FetchState) -> dict[str, Any]:
+    """The plain columns a poll's FetchState sets (the effective URL and its reason: _source_update)."""
+    return {
+        "etag": state.etag,
+        "last_modified": state.last_modified,
+        "body_hash": state.body_hash,
+        "redirect_candidate": state.redirect_candidate,
+        "host": url_host(state.url),  # the host the next poll contacts (per-host lease limit)
+    }
+
+
+def _meta_values(meta: FeedMeta) -> dict[str, Any]:
+    """The columns the feed document's own metadata sets (a missing title or link keeps the old one)."""
+    values: dict[str, Any] = {"feed_ttl": _seconds(meta.ttl)}
+    values["feed_update_every"] = _seconds(meta.update_every)
+    if meta.title:
+        values["title"] = _no_nul(meta.title)
+    if meta.link:
+        values["link"] = meta.link
+    return values
 
 
 def source_health(s: Session) -> list[SourceHealth]:
@@ -240,17 +299,17 @@ def save_items(
         )
     }
     buried = _tombstones(s, source_id, [key for key in unique if key not in existing])
+    fresh = [item for key, item in unique.items() if key not in existing and key not in buried]
+    inserted = _insert_items(s, source_id, fresh, now)
+    result.new = [(inserted[item.key], item) for item in fresh if item.key in inserted]
+    result.unchanged += len(fresh) - len(result.new)  # another writer stored those first
     for key, item in unique.items():
         row = existing.get(key)
         if row is None and key in buried:
             result.unchanged += 1
             result.tombstoned += 1
         elif row is None:
-            new_id = _insert_item(s, source_id, item, now)
-            if new_id is not None:
-                result.new.append((new_id, item))
-            else:
-                result.unchanged += 1  # another writer stored it first
+            continue  # inserted above
         elif row.content_hash == item.content_hash:
             result.unchanged += 1
         elif row.update_count >= max_updates:
@@ -284,10 +343,18 @@ def item_urls(s: Session, source: str, keys: Sequence[str]) -> dict[str, str | N
 
 
 def _article_id(s: Session, url: str | None, now: datetime) -> int | None:
-    if not url:
-        return None
-    s.execute(_insert(s, ArticleRow).values(url=url, created_at=now).on_conflict_do_nothing())
-    return s.scalar(select(ArticleRow.id).where(ArticleRow.url == url))
+    return _article_ids(s, [url] if url else [], now).get(url or "")
+
+
+def _article_ids(s: Session, urls: Sequence[str], now: datetime) -> dict[str, int]:
+    """The article id of each canonical URL, creating the articles not stored yet (two statements)."""
+    wanted = sorted(set(urls))
+    if not wanted:
+        return {}
+    values = [{"url": url, "created_at": now} for url in wanted]
+    s.execute(_insert(s, ArticleRow.__table__).on_conflict_do_nothing(), values)
+    query = select(ArticleRow.url, ArticleRow.id).where(ArticleRow.url.in_(wanted))
+    return {url: article_id for url, article_id in s.execute(query)}
 
 
 def _no_nul(text: str) -> str:
@@ -313,26 +380,22 @@ def _item_values(item: Item) -> dict[str, Any]:
     }
 
 
-def _insert_item(s: Session, source_id: int, item: Item, now: datetime) -> int | None:
-    statement = (
-        _insert(s, ItemRow)
-        .values(
-            uid=item.uid,
-            source_id=source_id,
-            key=item.key,
-            published=item.published,
-            dated=item.dated,
-            article_id=_article_id(s, item.url, now),
-            first_seen=now,
-            changed_at=now,
-            update_count=0,
-            **_item_values(item),
-        )
-        .on_conflict_do_nothing()
-        .returning(ItemRow.id)
-    )
-    new_id: int | None = s.scalar(statement)
-    return new_id
+def _insert_items(s: Session, source_id: int, items: Sequence[Item], now: datetime) -> dict[str, int]:
+    """Insert new items in one multi-row statement; returns key -> id of the rows this call stored (an
+    item another writer stored first is skipped by the unique constraint and absent)."""
+    if not items:
+        return {}
+    articles = _article_ids(s, [item.url for item in items if item.url], now)
+    values = [
+        {
+            "uid": item.uid, "source_id": source_id, "key": item.key, "published": item.published,
+            "dated": item.dated, "article_id": articles.get(item.url or ""), "first_seen": now,
+            "changed_at": now, "update_count": 0, "story_id": None, **_item_values(item),
+        }
+        for item in items
+    ]  # fmt: skip
+    statement = _insert(s, ItemRow.__table__).on_conflict_do_nothing().returning(ItemRow.key, ItemRow.id)
+    return {key: new_id for key, new_id in s.execute(statement, values)}
 
 
 def _update_item(s: Session, row: ItemRow, item: Item, now: datetime) -> None:
@@ -535,6 +598,46 @@ def topic_stats(s: Session) -> dict[str, TopicStats]:
     return result
 
 
+@dataclass(frozen=True)
+class TopicState:
+    """A topic's feed inputs in a few numbers, read with one query: any change that can change the feed
+    changes them (members added or removed, an item's content changed, items re-linked into other
+    articles or stories). Web servers compare it to decide whether a rendered feed is still current."""
+
+    count: int
+    ids: int  # sum of the member item ids
+    last_added: datetime | None
+    last_changed: datetime | None
+    articles: int  # sum of the members' article ids
+    stories: int  # sum of the members' story ids
+
+    @property
+    def last_change(self) -> datetime | None:
+        stamps = [d for d in (self.last_added, self.last_changed) if d is not None]
+        return max(stamps) if stamps else None
+
+
+def topic_state(s: Session, topic: str) -> TopicState:
+    count, ids, added, changed, articles, stories = s.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(TopicItemRow.item_id), 0),
+            func.max(TopicItemRow.added_at),
+            func.max(ItemRow.changed_at),
+            func.coalesce(func.sum(ItemRow.article_id), 0),
+            func.coalesce(func.sum(ItemRow.story_id), 0),
+        )
+        .join(ItemRow, ItemRow.id == TopicItemRow.item_id)
+        .where(TopicItemRow.topic == topic)
+    ).one()
+    return TopicState(count, ids or 0, _aware(added), _aware(changed), articles or 0, stories or 0)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """Aggregates bypass the column type: SQLite hands back naive UTC datetimes."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def item_topics(s: Session, item_ids: Sequence[int]) -> dict[int, list[str]]:
     result: dict[int, list[str]] = {}
     for item_id, topic in s.execute(
@@ -574,34 +677,41 @@ def _seconds(value: timedelta | None) -> int | None:
     return None if value is None else round(value.total_seconds())
 
 
-def _record_history(s: Session, source_id: int, outcome: PollOutcome, now: datetime) -> None:
-    """Append the poll and drop the ones beyond HISTORY_LIMIT for this source."""
-    s.add(
-        PollRow(
-            source_id=source_id,
-            at=now,
-            status=outcome.status,
-            http_status=outcome.http_status,
-            bytes=outcome.bytes,
-            duration=outcome.duration,
-            entries=outcome.entries,
-            new=outcome.new,
-            updated=outcome.updated,
-            unchanged=outcome.unchanged,
-            error=outcome.error,
-            next_due_reason=outcome.due_reason,
-        )
-    )
-    s.flush()
-    keep = (
+_HISTORY_INSERT = insert(PollRow)
+_HISTORY_TRIM = delete(PollRow).where(
+    PollRow.source_id == bindparam("source_id"),
+    PollRow.id
+    < (
         select(PollRow.id)
-        .where(PollRow.source_id == source_id)
+        .where(PollRow.source_id == bindparam("source_id"))
         .order_by(PollRow.id.desc())
-        .limit(HISTORY_LIMIT)
-    )
-    s.execute(
-        delete(PollRow).where(PollRow.source_id == source_id, PollRow.id.not_in(keep.scalar_subquery()))
-    )
+        .offset(bindparam("skip"))
+        .limit(1)
+        .scalar_subquery()
+    ),
+)
+
+
+def _record_history(s: Session, source_id: int, outcome: PollOutcome, now: datetime) -> None:
+    """Append the poll and drop the ones beyond HISTORY_LIMIT for this source (two statements, both
+    on the (source_id, id) index)."""
+    connection = s.connection()
+    row = {
+        "source_id": source_id,
+        "at": now,
+        "status": outcome.status,
+        "http_status": outcome.http_status,
+        "bytes": outcome.bytes,
+        "duration": outcome.duration,
+        "entries": outcome.entries,
+        "new": outcome.new,
+        "updated": outcome.updated,
+        "unchanged": outcome.unchanged,
+        "error": outcome.error,
+        "next_due_reason": outcome.due_reason,
+    }
+    connection.execute(_HISTORY_INSERT, row)
+    connection.execute(_HISTORY_TRIM, {"source_id": source_id, "skip": HISTORY_LIMIT - 1})
 
 
 def poll_history(s: Session, name: str, *, limit: int = HISTORY_LIMIT) -> list[PollRecord]:
@@ -640,17 +750,25 @@ class ScheduleInputs:
     published: tuple[datetime, ...] = ()
 
 
+_SCHEDULE_SOURCE = select(SourceRow.id, SourceRow.feed_ttl, SourceRow.feed_update_every).where(
+    SourceRow.name == bindparam("name")
+)
+_PUBLISHED = (
+    select(ItemRow.published)
+    .where(ItemRow.source_id == bindparam("source_id"), ItemRow.dated)
+    .order_by(ItemRow.published.desc())
+    .limit(bindparam("posts"))
+)
+
+
 def schedule_inputs(s: Session, name: str, *, posts: int = 20) -> ScheduleInputs:
-    """The feed's stored ttl / sy hints and the publication times of its ``posts`` latest dated items."""
-    row = s.scalar(select(SourceRow).where(SourceRow.name == name))
+    """The feed's stored ttl / sy hints and the publication times of its ``posts`` latest dated items
+    (two indexed reads)."""
+    connection = s.connection()
+    row = connection.execute(_SCHEDULE_SOURCE, {"name": name}).first()
     if row is None:
         return ScheduleInputs()
-    published = s.scalars(
-        select(ItemRow.published)
-        .where(ItemRow.source_id == row.id, ItemRow.dated)
-        .order_by(ItemRow.published.desc())
-        .limit(posts)
-    )
+    published = connection.execute(_PUBLISHED, {"source_id": row.id, "posts": posts}).scalars()
     return ScheduleInputs(
         ttl=None if row.feed_ttl is None else timedelta(seconds=row.feed_ttl),
         update_every=None if row.feed_update_every is None else timedelta(seconds=row.feed_update_every),

@@ -1,26 +1,39 @@
 """Rules 2 and 3 of deduplication in the store: one article per syndicated text, one story per event.
 
-``link_items`` runs inside the poll's transaction right after ``save_items``: it looks up candidates by
-indexed fingerprint keys (exact text, MinHash LSH bands) within a time window, verifies them with the
-pure similarities of ``aggregator.stories``, and records each decision (rule + similarity) in ``merges``.
+``link_items`` runs inside the poll's transaction right after ``save_items``: with a few indexed queries
+per poll (not per item) it finds candidates by fingerprint keys (exact text, MinHash LSH bands) within a
+time window, verifies them with the pure similarities of ``aggregator.stories`` on stored story terms, and
+records each decision (rule + similarity) in ``merges``. It does not decide identity (rule 1: repo.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import itertools
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, delete, insert, select, update
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy import Select, Table, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from aggregator import stories
 from aggregator.model import Item, Sighting, StoredItem
-from aggregator.store.tables import ArticleRow, FingerprintRow, ItemRow, MergeRow, SourceRow
-from aggregator.stories import Fingerprint, StoryParams
+from aggregator.store.tables import (
+    ArticleRow,
+    Base,
+    FingerprintRow,
+    ItemRow,
+    MergeRow,
+    SourceRow,
+    TermsRow,
+)
+from aggregator.stories import Analysis, StoryParams, Terms
 
-MAX_CANDIDATES = 200  # per lookup: bounds the work per new item however popular a band key is
+MAX_CANDIDATES = 200  # per item and rule: bounds the work per new item however popular a band key is
+CHUNK = 1000  # values per IN list (SQLite allows 32,766 bound parameters per statement)
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,30 @@ class Merge:
     created_at: datetime
 
 
+@dataclass
+class _Known:
+    """An item as the decisions see it (a new one of this poll, or a candidate stored earlier)."""
+
+    id: int
+    uid: str
+    source_id: int
+    article_id: int | None
+    story_id: int | None
+
+
+@dataclass
+class _New:
+    """A new item of the poll with its analysis and the candidates the batched lookups found for it."""
+
+    row: _Known
+    item: Item
+    analysis: Analysis
+    text_match: int | None = None  # earliest item of another source with the same text key
+    titles: list[int] = field(default_factory=list)
+    nears: list[int] = field(default_factory=list)
+    stories: list[int] = field(default_factory=list)
+
+
 def link_items(
     s: Session,
     new: Sequence[tuple[int, Item]],
@@ -44,235 +81,427 @@ def link_items(
 ) -> None:
     """Give new items their article and story ids; re-index the fingerprints of updated ones."""
     params = params or StoryParams()
-    for item_id, item in updated:
-        s.execute(delete(FingerprintRow).where(FingerprintRow.item_id == item_id))
-        _index(s, item_id, item.published, stories.fingerprint(item.title, item.text, params))
+    changed = [
+        (item_id, item.published, stories.analyze(item.title, item.text, params)) for item_id, item in updated
+    ]
+    for chunk in _chunks(item_id for item_id, _, _ in changed):
+        s.execute(delete(FingerprintRow).where(FingerprintRow.item_id.in_(chunk)))
+        s.execute(delete(TermsRow).where(TermsRow.item_id.in_(chunk)))
+    rows = _known(s, [item_id for item_id, _ in new])
+    by_source: dict[int, list[_New]] = defaultdict(list)
     for item_id, item in new:
-        row = s.get(ItemRow, item_id)
-        if row is None:
-            continue
-        fp = stories.fingerprint(item.title, item.text, params)
-        merged = _link_article(s, row, item, fp, params, now)
-        if merged is not None:
-            row.story_id = merged.story_id or merged.id
-        else:
-            row.story_id = _link_story(s, row, fp, params, now)
-        _index(s, item_id, item.published, fp)
-        s.flush()
+        if item_id in rows:  # else deleted meanwhile
+            analysis = stories.analyze(item.title, item.text, params)
+            by_source[rows[item_id].source_id].append(_New(rows[item_id], item, analysis))
+    merges: list[dict[str, Any]] = []
+    for source_id, batch in by_source.items():
+        _Poll(s, source_id, batch, params, now, merges).link()
+    fresh = [(n.row.id, n.item.published, n.analysis) for batch in by_source.values() for n in batch]
+    _index(s, changed + fresh)
+    if merges:
+        s.execute(insert(_table(MergeRow)), merges)
 
 
-def _index(s: Session, item_id: int, published: datetime, fp: Fingerprint) -> None:
-    rows = [("near", k) for k in fp.near_keys] + [("story", k) for k in fp.story_keys]
-    if fp.text_key is not None:
-        rows.append(("text", fp.text_key))
-    if fp.title_key is not None:
-        rows.append(("title", fp.title_key))
-    if rows:
-        values = [{"item_id": item_id, "kind": k, "key": v, "published": published} for k, v in rows]
-        s.execute(insert(FingerprintRow), values)
+def _table(row: type[Base]) -> Table:
+    """A mapped class's Table: Core statements skip the ORM's per-row bookkeeping in bulk inserts."""
+    return cast(Table, row.__table__)
 
 
-def _record(
-    s: Session, row: ItemRow, other: ItemRow, level: str, rule: str, sim: float, now: datetime
-) -> None:
-    s.add(
-        MergeRow(
-            item_id=row.id,
-            other_id=other.id,
-            level=level,
-            rule=rule,
-            similarity=round(sim, 4),
-            created_at=now,
+def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
+    iterator = iter(values)
+    while chunk := list(itertools.islice(iterator, CHUNK)):
+        yield chunk
+
+
+def _known(s: Session, ids: Iterable[int]) -> dict[int, _Known]:
+    result: dict[int, _Known] = {}
+    cols = (ItemRow.id, ItemRow.uid, ItemRow.source_id, ItemRow.article_id, ItemRow.story_id)
+    for chunk in _chunks(sorted(set(ids))):
+        for row in s.execute(select(*cols).where(ItemRow.id.in_(chunk))):
+            result[row[0]] = _Known(*row)
+    return result
+
+
+def _index(s: Session, items: Sequence[tuple[int, datetime, Analysis]]) -> None:
+    """Store the fingerprint keys and story terms of freshly linked (or changed) items."""
+    keys, terms = [], []
+    for item_id, published, analysis in items:
+        fp = analysis.fingerprint
+        pairs = [("near", k) for k in fp.near_keys] + [("story", k) for k in fp.story_keys]
+        pairs += [(kind, k) for kind, k in (("text", fp.text_key), ("title", fp.title_key)) if k is not None]
+        keys += [{"item_id": item_id, "kind": kind, "key": k, "published": published} for kind, k in pairs]
+        terms.append({"item_id": item_id, "terms": analysis.terms.encode()})
+    if keys:
+        s.execute(insert(_table(FingerprintRow)), keys)
+    if terms:
+        s.execute(insert(_table(TermsRow)), terms)
+
+
+class _Poll:
+    """Rules 2 and 3 for the new items of one source: the candidate lookups are batched for all of them
+    (a handful of queries per poll), then each item is decided in storage order."""
+
+    def __init__(
+        self,
+        s: Session,
+        source_id: int,
+        batch: list[_New],
+        params: StoryParams,
+        now: datetime,
+        merges: list[dict[str, Any]],
+    ) -> None:
+        self.s, self.source_id, self.batch, self.params, self.now = s, source_id, batch, params, now
+        self.merges = merges
+        self.known: dict[int, _Known] = {n.row.id: n.row for n in batch}
+        self.terms: dict[int, str] = {}  # encoded story terms of the story candidates
+        self.texts: dict[int, str] = {}  # texts of near-duplicate candidates
+        self.touched: set[int] = set()  # candidates whose article or story this poll changed
+        self.taken: set[int] = set()  # stories that already hold an item of this source
+        self.articles = _Articles(s, {n.row.article_id for n in batch if n.row.article_id is not None})
+
+    def link(self) -> None:
+        self._lookup()
+        for new in sorted(self.batch, key=lambda n: n.row.id):
+            row = new.row
+            merged = self._link_article(new)
+            row.story_id = (merged.story_id or merged.id) if merged is not None else self._link_story(new)
+            self.taken.add(row.story_id)
+        real = self.articles.write(self.now)
+        changed = [n.row for n in self.batch] + [self.known[i] for i in self.touched]
+        values = [{"id": k.id, "article_id": real(k.article_id), "story_id": k.story_id} for k in changed]
+        self.s.execute(update(ItemRow), values)
+
+    # --- the batched lookups ----------------------------------------------------------------------
+
+    def _lookup(self) -> None:
+        p = self.params
+        story_window, near_window = timedelta(hours=p.window_hours), timedelta(days=p.article_window_days)
+        found = self._keys(("story", "title"), story_window) | self._keys(("near", "text"), near_window)
+        for n in self.batch:
+            when = n.item.published
+            texts = _pick(found, "text", _keys_of(n, "text"), when, near_window)
+            n.text_match = texts[0] if texts else None  # the earliest
+            n.titles = _pick(found, "title", _keys_of(n, "title"), when, story_window)
+            n.nears = _pick(found, "near", _keys_of(n, "near"), when, near_window)
+            n.stories = _pick(found, "story", _keys_of(n, "story"), when, story_window)
+        wanted = {
+            i for n in self.batch for i in (n.text_match, *n.titles, *n.nears, *n.stories) if i is not None
+        }
+        wanted.update(i for i in self.articles.first.values() if i is not None)  # same-URL items
+        self.known.update(_known(self.s, wanted - set(self.known)))
+        self.articles.prefetch({k.article_id for k in self.known.values() if k.article_id is not None})
+        self.texts = _texts(
+            self.s, {i for n in self.batch if not (n.text_match or n.titles) for i in n.nears}
         )
-    )
+        self.terms = _terms(self.s, {i for n in self.batch for i in n.stories}, p)
+        mine = {n.row.id for n in self.batch}
+        candidates = {k.story_id or k.id for i, k in self.known.items() if i not in mine}
+        self.taken = self._stories_holding_source(candidates)
+
+    def _keys(
+        self, kinds: tuple[str, ...], window: timedelta
+    ) -> dict[tuple[str, int], list[tuple[int, datetime]]]:
+        """Fingerprint rows of other sources' items carrying one of the batch's keys of ``kinds``, within
+        ``window`` of the batch's publication times: (kind, key) -> [(item id, published)]. One indexed
+        range scan per key on (key, published): the rows read follow the window, not the store's size."""
+        keys = {key for n in self.batch for kind in kinds for key in _keys_of(n, kind)}
+        result: dict[tuple[str, int], list[tuple[int, datetime]]] = defaultdict(list)
+        if not keys:
+            return result
+        times = [n.item.published for n in self.batch]
+        lo, hi = min(times) - window, max(times) + window
+        for chunk in _chunks(sorted(keys)):
+            query = (
+                select(
+                    FingerprintRow.kind, FingerprintRow.key, FingerprintRow.item_id, FingerprintRow.published
+                )
+                .join(ItemRow, ItemRow.id == FingerprintRow.item_id)
+                .where(FingerprintRow.key.in_(chunk), FingerprintRow.published.between(lo, hi))
+                .where(FingerprintRow.kind.in_(kinds), ItemRow.source_id != self.source_id)
+            )
+            for kind, key, item_id, published in self.s.execute(query):
+                result[(kind, key)].append((item_id, published))
+        return result
+
+    def _stories_holding_source(self, story_ids: set[int]) -> set[int]:
+        result: set[int] = set()
+        for chunk in _chunks(sorted(story_ids)):
+            query = select(ItemRow.story_id).where(
+                ItemRow.story_id.in_(chunk), ItemRow.source_id == self.source_id
+            )
+            result.update(i for i in self.s.scalars(query.distinct()) if i is not None)
+        return result
+
+    def _record(self, row: _Known, other: _Known, level: str, rule: str, sim: float) -> None:
+        self.merges.append(
+            {"item_id": row.id, "other_id": other.id, "level": level, "rule": rule,
+             "similarity": round(sim, 4), "created_at": self.now}
+        )  # fmt: skip
+
+    # --- rule 2: the same article from several sources -------------------------------------------
+
+    def _link_article(self, new: _New) -> _Known | None:
+        """Join the item to an earlier item carrying the same article; returns that item, or None."""
+        row = new.row
+        if row.article_id is not None:
+            row.article_id = self.articles.resolve(row.article_id)
+            other_id = self.articles.earliest(row.article_id)
+            if other_id is not None and other_id < row.id and other_id not in self.known:
+                self.known.update(_known(self.s, [other_id]))  # rare: loaded with the batch as a rule
+            first = self.known.get(other_id) if other_id is not None and other_id < row.id else None
+            if first is not None:
+                self._record(row, first, "article", "url", 1.0)
+                return first
+        other, rule, sim = self._same_text(new)
+        if other is None:
+            return None
+        target = other.article_id
+        if target is None:
+            target = self.articles.create(f"urn:aggregator:item:{other.uid}", other.id)
+            other.article_id = target
+            self.touched.add(other.id)
+        if row.article_id is not None and row.article_id != target:
+            self.articles.merge(row.article_id, target)
+        row.article_id = target
+        self.articles.joined(target, row.id)
+        self._record(row, other, "article", rule, sim)
+        return other
+
+    def _same_text(self, new: _New) -> tuple[_Known | None, str, float]:
+        """An earlier item of another source with the same text (exact key), the same long title, or a
+        near-identical text (word-shingle Jaccard at or above ``near_threshold``)."""
+        if new.text_match is not None:
+            return self.known[new.text_match], "text-hash", 1.0
+        if new.titles:
+            return self.known[new.titles[0]], "same-title", 1.0
+        mine = new.analysis.shingles
+        best: tuple[_Known | None, float] = (None, 0.0)
+        for other_id in new.nears if mine else ():
+            theirs = stories.near_shingles(self.texts.get(other_id, ""), self.params)
+            sim = stories.jaccard(mine or (), theirs) if theirs else 0.0
+            if sim >= self.params.near_threshold and sim > best[1]:
+                best = (self.known[other_id], sim)
+        return best[0], "near-text", best[1]
+
+    # --- rule 3: the same story from several outlets ---------------------------------------------
+
+    def _link_story(self, new: _New) -> int:
+        """The story id for the item: a verified candidate's story, or a new story of its own."""
+        row = new.row
+        others = [(i, self.terms[i]) for i in new.stories if i in self.terms]
+        for sim, other_id in _scored(new.analysis.terms, others, self.params):
+            other = self.known[other_id]
+            if other.story_id is None:  # stored before stories existed
+                other.story_id = other.id
+                self.touched.add(other.id)
+            if other.story_id in self.taken:
+                continue  # never two different articles of one source in one story
+            self._record(row, other, "story", "story", sim)
+            return other.story_id
+        return row.id
 
 
-# --- rule 2: the same article from several sources -------------------------------------------------
+def _keys_of(new: _New, kind: str) -> list[int]:
+    """The item's fingerprint keys of one kind (no near keys when its text is too short to compare)."""
+    fp = new.analysis.fingerprint
+    if kind in ("story", "near"):
+        return list(fp.story_keys) if kind == "story" else list(fp.near_keys) * bool(new.analysis.shingles)
+    key = fp.text_key if kind == "text" else fp.title_key
+    return [] if key is None else [key]
 
 
-def _link_article(
-    s: Session, row: ItemRow, item: Item, fp: Fingerprint, params: StoryParams, now: datetime
-) -> ItemRow | None:
-    """Join ``row`` to an earlier item carrying the same article; returns that item, or None."""
-    if row.article_id is not None:
-        article = _resolve(s, row.article_id)
-        row.article_id = article
-        other = s.scalar(
-            select(ItemRow)
-            .where(ItemRow.article_id == article, ItemRow.id < row.id)
-            .order_by(ItemRow.id)
-            .limit(1)
-        )
-        if other is not None:
-            _record(s, row, other, "article", "url", 1.0, now)
-            return other
-    other, rule, sim = _same_text(s, row, item, fp, params)
-    if other is None:
-        return None
-    target = other.article_id
-    if target is None:
-        target = _new_article(s, f"urn:aggregator:item:{other.uid}", now)
-        other.article_id = target
-    if row.article_id is not None and row.article_id != target:
-        own = s.get(ArticleRow, row.article_id)
-        if own is not None:
-            own.merged_into = target
-    row.article_id = target
-    _record(s, row, other, "article", rule, sim, now)
-    return other
-
-
-def _resolve(s: Session, article_id: int) -> int:
-    """Follow ``merged_into`` (a URL whose first item was merged into another article by its text)."""
-    for _ in range(8):
-        merged_into = s.scalar(select(ArticleRow.merged_into).where(ArticleRow.id == article_id))
-        if merged_into is None:
-            return article_id
-        article_id = merged_into
-    return article_id
-
-
-def _new_article(s: Session, key: str, now: datetime) -> int:
-    article = ArticleRow(url=key, created_at=now)
-    s.add(article)
-    s.flush()
-    return article.id
-
-
-def _same_text(
-    s: Session, row: ItemRow, item: Item, fp: Fingerprint, params: StoryParams
-) -> tuple[ItemRow | None, str, float]:
-    """An earlier item of another source with the same text (exact key) or a near-identical one."""
-    if fp.text_key is not None:
-        query = (
-            select(ItemRow)
-            .join(FingerprintRow, FingerprintRow.item_id == ItemRow.id)
-            .where(FingerprintRow.key == fp.text_key, ItemRow.source_id != row.source_id)
-            .order_by(ItemRow.id)
-            .limit(1)
-        )
-        other = s.scalar(query)
-        if other is not None:
-            return other, "text-hash", 1.0
-    if fp.title_key is not None:
-        window = timedelta(hours=params.window_hours)
-        for other in _candidates(s, row, [fp.title_key], item.published, window):
-            if stories.title_key(other.title, params) == fp.title_key:
-                return other, "same-title", 1.0
-    mine = stories.near_shingles(item.text, params)
-    if not mine or not fp.near_keys:
-        return None, "", 0.0
-    window = timedelta(days=params.article_window_days)
-    best: tuple[ItemRow | None, float] = (None, 0.0)
-    for other in _candidates(s, row, fp.near_keys, item.published, window):
-        theirs = stories.near_shingles(other.text, params)
-        sim = stories.jaccard(mine, theirs) if theirs else 0.0
-        if sim >= params.near_threshold and sim > best[1]:
-            best = (other, sim)
-    return best[0], "near-text", best[1]
-
-
-def _candidates(
-    s: Session,
-    row: ItemRow,
-    keys: Sequence[int],
+def _pick(
+    found: dict[tuple[str, int], list[tuple[int, datetime]]],
+    kind: str,
+    keys: Iterable[int],
     published: datetime,
     window: timedelta,
-    before: int | None = None,
-) -> list[ItemRow]:
-    """Items of other sources sharing a band key, published within ``window`` of ``published`` (and
-    stored before item ``before``, when replaying)."""
-    ids = select(FingerprintRow.item_id).where(
-        FingerprintRow.key.in_(list(keys)),
-        FingerprintRow.published >= published - window,
-        FingerprintRow.published <= published + window,
-    )
-    if before is not None:
-        ids = ids.where(FingerprintRow.item_id < before)
-    ids = ids.distinct().limit(MAX_CANDIDATES)
-    query = (
-        select(ItemRow)
-        .options(load_only(*_CANDIDATE_COLUMNS))
-        .where(ItemRow.id.in_(ids), ItemRow.source_id != row.source_id)
-    )
-    return list(s.scalars(query.order_by(ItemRow.id)))
+) -> list[int]:
+    """Candidate ids for one item: those sharing one of its ``keys`` within ``window``; beyond
+    MAX_CANDIDATES, the ones sharing the most keys. Ascending id (storage order)."""
+    shared: Counter[int] = Counter()
+    for key in set(keys):
+        for item_id, when in found.get((kind, key), ()):
+            if abs(when - published) <= window:
+                shared[item_id] += 1
+    if len(shared) > MAX_CANDIDATES:
+        return sorted(sorted(shared, key=lambda i: (-shared[i], i))[:MAX_CANDIDATES])
+    return sorted(shared)
 
 
-_CANDIDATE_COLUMNS = (
-    ItemRow.id,
-    ItemRow.uid,
-    ItemRow.source_id,
-    ItemRow.title,
-    ItemRow.text,
-    ItemRow.article_id,
-    ItemRow.story_id,
-)
-
-
-# --- rule 3: the same story from several outlets ---------------------------------------------------
-
-
-def _link_story(
-    s: Session,
-    row: ItemRow,
-    fp: Fingerprint,
-    params: StoryParams,
-    now: datetime,
-    before: int | None = None,
-) -> int:
-    """The story id for ``row``: a verified candidate's story, or a new story of its own."""
-    if not fp.story_keys:
-        return row.id
-    window = timedelta(hours=params.window_hours)
+def _scored(mine: Terms, others: Iterable[tuple[int, str]], params: StoryParams) -> list[tuple[float, int]]:
+    """Verified story candidates (given their encoded terms) as (similarity, id), most similar first, then
+    the earliest. The title terms alone rule most candidates out: the lead terms are decoded for few."""
     scored = []
-    for other in _candidates(s, row, fp.story_keys, row.published, window, before):
-        sim = stories.story_similarity(row.title, row.text, other.title, other.text, params)
+    for other_id, encoded in others:
+        if stories.title_similarity(mine.title, Terms.decode_title(encoded), params) < params.story_threshold:
+            continue
+        sim = stories.terms_similarity(mine, Terms.decode(encoded), params)
         if sim >= params.story_threshold:
-            scored.append((sim, other))
-    scored.sort(key=lambda pair: (-pair[0], pair[1].id))
-    for sim, other in scored:
-        if other.story_id is None:  # stored before stories existed
-            other.story_id = other.id
-        story = other.story_id
-        if _source_in_story(s, story, row):
-            continue  # never two different articles of one source in one story
-        _record(s, row, other, "story", "story", sim, now)
-        return story
-    return row.id
+            scored.append((sim, other_id))
+    scored.sort(key=lambda pair: (-pair[0], pair[1]))
+    return scored
 
 
-def _source_in_story(s: Session, story: int, row: ItemRow) -> bool:
-    query = select(ItemRow.id).where(
-        ItemRow.story_id == story, ItemRow.source_id == row.source_id, ItemRow.id != row.id
-    )
-    return s.scalar(query.limit(1)) is not None
+def _texts(s: Session, ids: set[int]) -> dict[int, str]:
+    result: dict[int, str] = {}
+    for chunk in _chunks(sorted(ids)):
+        result.update(
+            {i: text for i, text in s.execute(select(ItemRow.id, ItemRow.text).where(ItemRow.id.in_(chunk)))}
+        )
+    return result
+
+
+def _terms(s: Session, ids: set[int], params: StoryParams) -> dict[int, str]:
+    """The stored (encoded) story terms of ``ids``; items stored before migration 0006 get theirs now."""
+    result: dict[int, str] = {}
+    for chunk in _chunks(sorted(ids)):
+        query = select(TermsRow.item_id, TermsRow.terms).where(TermsRow.item_id.in_(chunk))
+        result.update({i: terms for i, terms in s.execute(query)})
+    missing = sorted(ids - set(result))
+    for chunk in _chunks(missing):
+        computed = {}
+        for item_id, title, text in s.execute(
+            select(ItemRow.id, ItemRow.title, ItemRow.text).where(ItemRow.id.in_(chunk))
+        ):
+            lead = stories.story_terms(title, text, params.lead_words)
+            computed[item_id] = Terms(stories.title_terms(title), lead).encode()
+        if computed:  # another worker may be storing the same ones
+            values = [{"item_id": i, "terms": t} for i, t in computed.items()]
+            s.execute(_insert_missing(s, TermsRow), values)
+        result.update(computed)
+    return result
+
+
+def _insert_missing(s: Session, table: Any) -> Any:
+    """INSERT that skips rows whose key is already stored (SQLite and PostgreSQL)."""
+    dialect = {"postgresql": postgresql, "sqlite": sqlite}[s.get_bind().dialect.name]
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+class _Articles:
+    """Where the articles of a poll's items were merged to (``merged_into``) and their earliest items:
+    read for the whole batch in a few queries, then kept in step with the poll's own decisions."""
+
+    def __init__(self, s: Session, article_ids: set[int]) -> None:
+        self.s = s
+        self.merged: dict[int, int | None] = {}
+        self.first: dict[int, int | None] = {}
+        self.merges: dict[int, int] = {}  # merged_into values this poll set
+        self.created: dict[int, str] = {}  # articles this poll creates: placeholder id (< 0) -> key
+        self._load_merged(article_ids)
+        self.prefetch({self.resolve(a) for a in article_ids})
+
+    def resolve(self, article_id: int) -> int:
+        """Follow ``merged_into`` (a URL whose first item was merged into another article by its text)."""
+        for _ in range(8):
+            if article_id not in self.merged:
+                self._load_merged({article_id})
+            merged_into = self.merged[article_id]
+            if merged_into is None:
+                return article_id
+            article_id = merged_into
+        return article_id
+
+    def earliest(self, article_id: int) -> int | None:
+        if article_id not in self.first:
+            self.prefetch({article_id})
+        return self.first[article_id]
+
+    def create(self, key: str, first_item: int) -> int:
+        """A new article (for an item stored without one), under a placeholder id until ``write``."""
+        placeholder = -1 - len(self.created)
+        self.created[placeholder] = key
+        self.merged[placeholder], self.first[placeholder] = None, first_item
+        return placeholder
+
+    def write(self, now: datetime) -> Callable[[int | None], int | None]:
+        """Store the created articles and the merges (two statements); returns the function that maps a
+        placeholder id to the stored one (other ids pass through)."""
+        ids: dict[int | None, int] = {}
+        if self.created:
+            rows = [{"url": key, "created_at": now} for key in self.created.values()]
+            statement = insert(_table(ArticleRow)).returning(ArticleRow.url, ArticleRow.id)
+            stored = {url: article_id for url, article_id in self.s.execute(statement, rows)}
+            ids = {placeholder: stored[key] for placeholder, key in self.created.items()}
+
+        def real(article_id: int | None) -> int | None:
+            return ids.get(article_id, article_id)
+
+        if self.merges:
+            values = [{"id": real(i), "merged_into": real(into)} for i, into in self.merges.items()]
+            self.s.execute(update(ArticleRow), values)
+        return real
+
+    def merge(self, article_id: int, into: int) -> None:
+        self.merged[article_id] = self.merges[article_id] = into
+
+    def joined(self, article_id: int, item_id: int) -> None:
+        first = self.earliest(article_id)
+        self.first[article_id] = item_id if first is None else min(first, item_id)
+
+    def _load_merged(self, ids: set[int]) -> None:
+        pending = ids - self.merged.keys()
+        while pending:
+            for chunk in _chunks(sorted(pending)):
+                query = select(ArticleRow.id, ArticleRow.merged_into).where(ArticleRow.id.in_(chunk))
+                self.merged.update({article_id: into for article_id, into in self.s.execute(query)})
+            self.merged.update((i, None) for i in pending if i not in self.merged)
+            pending = {into for i in pending if (into := self.merged[i]) is not None} - self.merged.keys()
+
+    def prefetch(self, ids: set[int]) -> None:
+        """Read the earliest item of each of the articles ``ids``."""
+        for chunk in _chunks(sorted(ids - self.first.keys())):
+            query = select(ItemRow.article_id, func.min(ItemRow.id)).where(ItemRow.article_id.in_(chunk))
+            found = {
+                article_id: first for article_id, first in self.s.execute(query.group_by(ItemRow.article_id))
+            }
+            self.first.update((i, found.get(i)) for i in chunk)
 
 
 def relink_stories(s: Session, params: StoryParams, now: datetime) -> int:
     """Replay rule 3 over every stored item in storage order with new thresholds (articles are kept);
     returns the number of stories. For threshold sweeps and after a change of the story settings."""
     s.execute(delete(MergeRow).where(MergeRow.level == "story"))
-    s.execute(update(ItemRow).values(story_id=None))
-    article_of = {
-        m.item_id: m.other_id for m in s.scalars(select(MergeRow).where(MergeRow.level == "article"))
-    }
-    story_keys: dict[int, list[int]] = {}
+    query = select(MergeRow.item_id, MergeRow.other_id).where(MergeRow.level == "article")
+    article_of = {item_id: other_id for item_id, other_id in s.execute(query)}
+    keys: dict[int, list[int]] = defaultdict(list)
     for item_id, key in s.execute(
         select(FingerprintRow.item_id, FingerprintRow.key).where(FingerprintRow.kind == "story")
     ):
-        story_keys.setdefault(item_id, []).append(key)
-    stories_seen = 0
-    for row in s.scalars(select(ItemRow).order_by(ItemRow.id)):
-        other_id = article_of.get(row.id)
-        other = s.get(ItemRow, other_id) if other_id is not None else None
-        if other is not None and other.story_id is not None:
-            row.story_id = other.story_id
-        else:
-            fp = Fingerprint(None, (), tuple(story_keys.get(row.id, ())))
-            row.story_id = _link_story(s, row, fp, params, now, before=row.id)
-            stories_seen += row.story_id == row.id
-        s.flush()
-    return stories_seen
+        keys[item_id].append(key)
+    items = list(s.execute(select(ItemRow.id, ItemRow.source_id, ItemRow.published).order_by(ItemRow.id)))
+    terms = _terms(s, {i for i, _, _ in items}, params)
+    window = timedelta(hours=params.window_hours)
+    seen: dict[int, list[tuple[int, int, datetime]]] = defaultdict(
+        list
+    )  # key -> earlier (id, source, published)
+    story_of: dict[int, int] = {}
+    sources_of: dict[int, set[int]] = defaultdict(set)
+    merges = []
+    for item_id, source_id, published in items:
+        other = article_of.get(item_id)
+        story = story_of.get(other) if other is not None else None
+        if story is None:
+            found = {i: terms[i] for k in keys[item_id] for i, src, when in seen[k]
+                     if src != source_id and abs(when - published) <= window and i in terms}  # fmt: skip
+            story = item_id
+            mine = Terms.decode(terms[item_id]) if item_id in terms else None
+            for sim, cand in _scored(mine, found.items(), params) if mine else ():
+                if source_id not in sources_of[story_of[cand]]:
+                    story = story_of[cand]
+                    merges.append({"item_id": item_id, "other_id": cand, "level": "story", "rule": "story",
+                                   "similarity": round(sim, 4), "created_at": now})  # fmt: skip
+                    break
+        story_of[item_id] = story
+        sources_of[story].add(source_id)
+        for k in keys[item_id]:
+            seen[k].append((item_id, source_id, published))
+    for chunk in _chunks(story_of.items()):
+        s.execute(update(ItemRow), [{"id": i, "story_id": story} for i, story in chunk])
+    if merges:
+        s.execute(insert(_table(MergeRow)), merges)
+    return sum(1 for i, story in story_of.items() if i == story)
 
 
 # --- reading the decisions -------------------------------------------------------------------------

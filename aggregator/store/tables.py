@@ -91,6 +91,10 @@ class SourceRow(Base):
     feed_ttl: Mapped[int | None] = mapped_column(Integer)  # seconds: RSS <ttl>
     feed_update_every: Mapped[int | None] = mapped_column(Integer)  # seconds: sy:updatePeriod/Frequency
     last_entries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # leases (migration 0005): the worker that claimed the source and until when (store/leases.py)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    host: Mapped[str | None] = mapped_column(String(255))  # of the URL polled; None: no per-host limit
 
 
 class ArticleRow(Base):
@@ -221,3 +225,13 @@ class MergeRow(Base):
     rule: Mapped[str] = mapped_column(String(16))  # url, text-hash, same-title, near-text, story
     similarity: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TermsRow(Base):
+    """An item's story terms (migration 0006): title terms, a tab, lead-only terms. Story candidates are
+    verified on these few words, so their full texts are never loaded or tokenized again."""
+
+    __tablename__ = "story_terms"
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    terms: Mapped[str] = mapped_column(Text)
