@@ -30,7 +30,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator import __version__, publish, store, websub
+from aggregator import __version__, store, websub
 from aggregator.config import Settings, load_config
 from aggregator.errors import AggregatorError, ConfigError, StoreError
 from aggregator.fetch import HostLimits, fetch, make_session
@@ -71,12 +71,7 @@ def open_app(settings: Settings, *, migrate: bool = True) -> App:
     if migrate:
         store.upgrade(engine)
     else:
-        current, head = store.schema_revision(engine)
-        if current != head:
-            raise AggregatorError(
-                f"store: the database schema is at {current or 'nothing'}, this version needs {head}: "
-                f"run `python run.py db upgrade --config {settings.path}` first"
-            )
+        store.ensure_current(engine, f"python run.py db upgrade --config {settings.path}")
     sessions = store.make_sessionmaker(engine)
     http = make_session(pool_size=max(10, settings.worker.threads))
     limits = HostLimits(settings.worker.per_host, host_retry_after=settings.worker.host_retry_after)
@@ -107,6 +102,8 @@ def _pinger(settings: Settings) -> Callable[[Sequence[str]], None] | None:
         return None
 
     def ping(names: Sequence[str]) -> None:
+        from aggregator import publish  # feedgen: loaded by the first ping, not by every worker
+
         base = settings.server.base_url
         urls = [url for name in names for url in publish.topic_feed_urls(base, name).values()]
         websub.ping_later(hub, urls, settle=publish.REVALIDATE)  # once every server serves the change
@@ -311,6 +308,8 @@ def test_query(app: App, text: str, out: Console) -> int:
 
 
 def cmd_build(args: argparse.Namespace, out: Console) -> int:
+    from aggregator import publish  # feedgen: only the commands that build or serve feeds load it
+
     app = open_app(load(args))
     base = (args.base_url or app.settings.server.base_url).rstrip("/")
     folder = Path(args.out) / "topics"

@@ -7,7 +7,6 @@ content changed (content hash). Story clustering across sources is not done here
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -16,8 +15,6 @@ from aggregator.model import Item
 
 # Fixed forever: changing it would change every public item id.
 ITEM_UID_NAMESPACE = uuid.UUID("7d0c4b36-51d8-5f9c-9e43-2f6a1c0e8b15")
-
-_WHITESPACE = re.compile(r"\s+")
 
 
 def identity_key(guid: str | None, canonical_url: str | None, title: str, text: str) -> str:
@@ -90,4 +87,6 @@ def content_hash(title: str, text: str) -> str:
 
 
 def _fold(value: str) -> str:
-    return _WHITESPACE.sub(" ", value).strip().casefold()
+    # str.split() splits on exactly the characters re's \s matches (every code point checked): the same
+    # result as collapsing \s+ runs to one space and stripping, at less than half the cost
+    return " ".join(value.split()).casefold()

@@ -29,6 +29,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.models import ProtocolError, ReadTimeoutError
 from requests.structures import CaseInsensitiveDict
+from requests.utils import get_environ_proxies
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -43,6 +44,7 @@ ACCEPT_ENCODING = "gzip, deflate, br"
 MAX_REDIRECTS = 5
 CHUNK_SIZE = 64 * 1024
 RETRY_STATUSES = (429, 503)  # statuses whose Retry-After is honoured
+HOST_POOLS = 64  # host:port connection pools kept (least recently used dropped): keep-alive across polls
 MAX_HOST_HOLD = 24 * 3600.0  # a host's Retry-After holds its other sources back at most this long
 
 
@@ -220,11 +222,54 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
 # --- fetching --------------------------------------------------------------------------------------
 
 
+# the variables that decide an http(s) URL's proxy (urllib's getproxies_environment, select_proxy)
+_PROXY_VARIABLES = (
+    *(
+        name
+        for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        for name in (base, base.upper())
+    ),
+    "REQUEST_METHOD",
+)
+
+
+class _Session(requests.Session):
+    """requests.Session that remembers the environment's proxies per origin while the proxy variables
+    stay the same: requests scans the whole environment twice per request to find them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environ_proxies: dict[tuple[str, str, tuple[str | None, ...]], dict[str, str]] = {}
+
+    def merge_environment_settings(
+        self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        if not self.trust_env or proxies or not isinstance(url, str):  # explicit proxies: requests' rules
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, tuple(os.environ.get(name) for name in _PROXY_VARIABLES))
+        found = self._environ_proxies.get(key)
+        if found is None:
+            if len(self._environ_proxies) > 10_000:
+                self._environ_proxies.clear()
+            found = self._environ_proxies[key] = get_environ_proxies(url)
+        if verify is True or verify is None:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or verify
+        merged = {k: v for k, v in {**self.proxies, **found}.items() if v is not None}  # requests' merge
+        return {
+            "proxies": merged,
+            "stream": self.stream if stream is None else stream,
+            "verify": self.verify if verify is None else verify,
+            "cert": self.cert if cert is None else cert,
+        }
+
+
 def make_session(pool_size: int = 10) -> requests.Session:
     """One Session for the whole process: pooled keep-alive connections, no automatic retries, and
     connections that check the peer address when a redirect has left the source's own host."""
-    session = requests.Session()
-    adapter = _Adapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+    session = _Session()
+    hosts = max(pool_size, HOST_POOLS)
+    adapter = _Adapter(pool_connections=hosts, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.max_redirects = MAX_REDIRECTS  # redirects are followed in fetch(); kept for other callers
@@ -380,6 +425,7 @@ def _one_hop(
         etag = resp.headers.get("etag")
         last_modified = resp.headers.get("last-modified")
         if resp.status_code == 304:
+            _ = resp.content  # a 304 has no body: read it (b"") so the connection goes back to the pool
             return FetchResult(
                 url=url,
                 status=304,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -83,9 +84,8 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
     source = ctx.sources[name]
     started = time.monotonic()
     try:
-        with ctx.sessions.begin() as s:
-            state = store.fetch_state(s, name)
-            stored = store.schedule_inputs(s, name)  # read here, so a 304 writes and reads nothing more
+        with _engine(ctx).connect() as c:  # a Core connection: no Session per poll
+            state, stored = store.poll_inputs(c, name)  # read here, so a 304 only writes
     except SQLAlchemyError as e:  # the database is away: nothing was fetched; polled again when due
         message = f"source {name!r}: store: cannot read the source's state: {db_problem(e)}"
         log.error("%s; polled again when its lease ends", message)
@@ -307,7 +307,7 @@ def _same_body(result: FetchResult, state: FetchState | None) -> bool:
 
 
 def _plan(
-    s: Session,
+    s: Session | Connection,
     source: Source,
     now: datetime,
     *,
@@ -426,8 +426,9 @@ def _not_modified(
     started: float,
     now: datetime,
 ) -> PollOutcome:
-    """A 304, or a body identical to the last one: validators and schedule updated, nothing parsed."""
-    with ctx.sessions.begin() as s:
+    """A 304, or a body identical to the last one: validators and schedule updated, nothing parsed
+    (one Core transaction: the most frequent poll of all pays no Session)."""
+    with _engine(ctx).begin() as s:
         due = _plan(s, source, now, headers=result.headers, stored=stored)
         outcome = PollOutcome(
             source.name,
@@ -443,6 +444,14 @@ def _not_modified(
         store.record_poll(s, outcome, now=now, state=validators, url_reason=moved)
     _log(outcome)
     return outcome
+
+
+def _engine(ctx: Context) -> Engine:
+    """The engine the context's sessions are bound to (the re-poll path uses Core connections)."""
+    bind = ctx.sessions.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError(f"pipeline: the sessionmaker must be bound to an Engine, not {bind!r}")
+    return bind
 
 
 def _log(outcome: PollOutcome) -> None:

@@ -9,10 +9,9 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
-from datasketch import MinHash
 from numpy.typing import NDArray
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -72,8 +71,12 @@ def tokens(value: str) -> list[str]:
     >>> tokens("Hello, World 中国军网")
     ['hello', 'world', '中国', '国军', '军网']
     """
+    folded = value.casefold()
+    words: list[str] = _WORD.findall(folded)
+    if not _CJK.search(folded):  # the common case: no word needs splitting
+        return words
     result: list[str] = []
-    for word in _WORD.findall(value.casefold()):
+    for word in words:
         if _CJK.search(word):
             result.extend(_cjk_grams(word))
         else:
@@ -91,18 +94,30 @@ def shingles(words: Sequence[str], k: int) -> set[str]:
     """Sets of ``k`` consecutive words (the whole sequence when shorter)."""
     if len(words) <= k:
         return {" ".join(words)} if words else set()
-    return {" ".join(words[i : i + k]) for i in range(len(words) - k + 1)}
+    # zip stops at the shortest tail: the last full shingle
+    return set(map(" ".join, zip(*[words[i:] for i in range(k)], strict=False)))
 
 
 def story_terms(title: str, text: str, lead_words: int) -> frozenset[str]:
     """Title words and the first ``lead_words`` words of the text, minus function words, stemmed."""
     words = tokens(title) + tokens(text)[:lead_words]
-    return frozenset(_stem(w) for w in words if _meaningful(w))
+    return _terms(words)
 
 
 def title_terms(title: str) -> frozenset[str]:
     """The words of a title that can say which event it reports: no function words, dates or years."""
-    return frozenset(_stem(w) for w in tokens(title) if _meaningful(w))
+    return _terms(tokens(title))
+
+
+def _terms(words: Iterable[str]) -> frozenset[str]:
+    """The stems of the meaningful ``words``."""
+    return frozenset(filter(None, map(_term, words)))
+
+
+@lru_cache(maxsize=1 << 14)
+def _term(word: str) -> str | None:
+    """``word``'s stem, or None for a function word or year (cached: news text repeats its words)."""
+    return _stem(word) if _meaningful(word) else None
 
 
 def _meaningful(word: str) -> bool:
@@ -190,8 +205,8 @@ class Analysis:
 def analyze(title: str, text: str, params: StoryParams) -> Analysis:
     title_words, words = tokens(title), tokens(text)
     near = _near_shingles(words, params)
-    heading = frozenset(_stem(w) for w in title_words if _meaningful(w))
-    lead = heading | frozenset(_stem(w) for w in words[: params.lead_words] if _meaningful(w))
+    heading = _terms(title_words)
+    lead = heading | _terms(words[: params.lead_words])
     fp = Fingerprint(
         text_key=_text_key(title_words, words, params),
         near_keys=band_keys("near", near, params.near_bands, params.near_rows) if near else (),
@@ -208,7 +223,7 @@ def fingerprint(title: str, text: str, params: StoryParams) -> Fingerprint:
 def title_key(title: str, params: StoryParams) -> int | None:
     """A key of a long title, word for word: wire copies keep the agency's headline."""
     words = tokens(title)
-    return _title_key(words, frozenset(_stem(w) for w in words if _meaningful(w)), params)
+    return _title_key(words, _terms(words), params)
 
 
 def _title_key(words: list[str], terms: frozenset[str], params: StoryParams) -> int | None:
@@ -234,10 +249,12 @@ def minhash(features: Iterable[str], num_perm: int) -> list[int]:
 def _minhash(features: Iterable[str], num_perm: int) -> NDArray[np.uint32]:
     """The same values as datasketch's ``MinHash(scheme="affine32").update_batch`` (SHA-1 32-bit input
     hash, MurmurHash3 finalizer, ``a * h + b`` mod 2^32), without building a MinHash object."""
-    hashes = [int.from_bytes(hashlib.sha1(f.encode()).digest()[:4], "little") for f in features]
-    if not hashes:
+    sha1 = hashlib.sha1
+    digests = b"".join([sha1(f.encode()).digest() for f in features])
+    if not digests:
         return np.full(num_perm, 0xFFFFFFFF, dtype=np.uint32)
-    hv = _fmix32(np.array(hashes, dtype=np.uint32)).reshape(-1, 1)
+    # each 20-byte digest starts with its 32-bit little-endian input hash: every fifth uint32 of the lot
+    hv = _fmix32(np.frombuffer(digests, dtype="<u4")[::5].astype(np.uint32)).reshape(-1, 1)
     a, b = _permutations(num_perm)
     result: NDArray[np.uint32] = (hv * a + b).min(axis=0)
     return result
@@ -253,7 +270,11 @@ def _fmix32(hv: NDArray[np.uint32]) -> NDArray[np.uint32]:
 
 @cache
 def _permutations(num_perm: int) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
-    a, b = MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
+    """datasketch's affine32 permutations for seed 1 (odd ``a``, any ``b``), drawn the way it draws
+    them, so that stored keys stay valid without importing datasketch (~40 MB) at run time."""
+    gen = np.random.RandomState(1)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
     return a, b
 
 

@@ -85,28 +85,53 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFC", "".join(out)).replace("ё", "е")
 
 
-@dataclass(frozen=True, slots=True)
 class FieldIndex:
-    """One text field, folded and split into words once: positions for phrases, sorted for prefixes."""
+    """One text field, folded and split into words once. The word set is built at once; the positions
+    (for phrases) and the sorted vocabulary (for prefixes) on first use, since most queries need neither."""
 
-    folded: str
-    words: tuple[str, ...]
-    positions: Mapping[str, tuple[int, ...]]
-    vocabulary: tuple[str, ...]
+    __slots__ = ("_positions", "_set", "_vocabulary", "folded", "words")
+
+    def __init__(self, folded: str, words: tuple[str, ...]) -> None:
+        self.folded = folded
+        self.words = words
+        self._set = frozenset(words)
+        self._positions: dict[str, tuple[int, ...]] | None = None
+        self._vocabulary: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, text: str) -> FieldIndex:
         folded = " ".join(fold(text).split())
-        words = tuple(_WORD.findall(folded))
-        positions: dict[str, list[int]] = {}
-        for i, word in enumerate(words):
-            positions.setdefault(word, []).append(i)
-        frozen = {word: tuple(where) for word, where in positions.items()}
-        return cls(folded, words, frozen, tuple(sorted(frozen)))
+        return cls(folded, tuple(_WORD.findall(folded)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FieldIndex) and other.folded == self.folded  # words follow from folded
+
+    def __hash__(self) -> int:
+        return hash(self.folded)
+
+    def __repr__(self) -> str:
+        return f"FieldIndex({self.folded!r})"
+
+    @property
+    def positions(self) -> Mapping[str, tuple[int, ...]]:
+        """Where each word occurs, in order."""
+        if self._positions is None:
+            found: dict[str, list[int]] = {}
+            for i, word in enumerate(self.words):
+                found.setdefault(word, []).append(i)
+            self._positions = {word: tuple(where) for word, where in found.items()}
+        return self._positions
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The distinct words, sorted."""
+        if self._vocabulary is None:
+            self._vocabulary = tuple(sorted(self._set))
+        return self._vocabulary
 
     def has_word(self, word: str, prefix: bool = False) -> bool:
         if not prefix:
-            return word in self.positions
+            return word in self._set
         i = bisect.bisect_left(self.vocabulary, word)
         return i < len(self.vocabulary) and self.vocabulary[i].startswith(word)
 
@@ -114,6 +139,9 @@ class FieldIndex:
         """Consecutive ``words``; with ``prefix`` the last one only has to start the word."""
         if len(words) == 1:
             return self.has_word(words[0], prefix)
+        whole = words if not prefix else words[:-1]
+        if not self._set.issuperset(whole):  # a word missing: no need to build the positions
+            return False
         rest = words[1:]
         for start in self.positions.get(words[0], ()):
             tail = self.words[start + 1 : start + 1 + len(rest)]

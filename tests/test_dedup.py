@@ -49,6 +49,12 @@ def test_content_hash_ignores_whitespace_and_case() -> None:
     assert content_hash("Title", "Text") == hashlib.sha1(b"title\ntext").hexdigest()
 
 
+def test_content_hash_folds_unicode_whitespace_like_spaces() -> None:
+    expected = content_hash("A title", "x y z")
+    assert content_hash("A\u00a0title ", "\tx\u2028y\u3000 \u2009z\x1c") == expected
+    assert content_hash("A title", "x y\u200bz") != expected  # a zero-width space is no whitespace
+
+
 def test_content_hash_changes_with_the_words() -> None:
     edited = ARTICLE.replace("over 260 Russian soldiers", "over 270 Russian soldiers")
     assert edited != ARTICLE

@@ -384,8 +384,13 @@ def test_connections_are_reused(session: requests.Session) -> None:
 
         def do_GET(self) -> None:
             ports.append(self.client_address[1])
+            if self.headers.get("If-None-Match") == '"v1"':
+                self.send_response(304)
+                self.end_headers()
+                return
             self.send_response(200)
             self.send_header("Content-Length", str(len(FEED)))
+            self.send_header("ETag", '"v1"')
             self.end_headers()
             self.wfile.write(FEED)
 
@@ -399,8 +404,33 @@ def test_connections_are_reused(session: requests.Session) -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/feed"
         bodies = [fetch(session, src(url)).body for _ in range(3)]
+        state = FetchState(url, '"v1"')
+        answers = [fetch(session, src(url), state).status for _ in range(3)]
     finally:
         server.shutdown()
         server.server_close()
-    assert bodies == [FEED] * 3
-    assert len(set(ports)) == 1  # one pooled connection, body streamed to the end and released
+    assert bodies == [FEED] * 3 and answers == [304] * 3
+    assert len(ports) == 6 and len(set(ports)) == 1  # one pooled connection: bodies read, 304s too
+
+
+def test_environment_proxies_followed_as_they_change(
+    httpserver: HTTPServer, session: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY / NO_PROXY are honoured on every request, also after they change (the session
+    remembers the lookup per origin only while the variables stay the same)."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    httpserver.expect_request("/feed").respond_with_data(FEED)
+    url = httpserver.url_for("/feed")
+    with HTTPServer(host="127.0.0.1", port=0) as proxy:
+        proxy.expect_request("/feed").respond_with_data(b"via proxy")
+        assert fetch(session, src(url)).body == FEED
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        assert fetch(session, src(url)).body == b"via proxy"
+        assert len(proxy.log) == 1 and len(httpserver.log) == 1
+        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+        assert fetch(session, src(url)).body == FEED
+        monkeypatch.delenv("NO_PROXY")
+        monkeypatch.delenv("HTTP_PROXY")
+        assert fetch(session, src(url)).body == FEED
+    assert len(proxy.log) == 1 and len(httpserver.log) == 3

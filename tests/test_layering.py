@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "urls": {"w3lib"},
     "markup": {"nh3", "aggregator.urls"},
     "language": {"py3langid", "numpy"},
-    "stories": {"aggregator.model", "datasketch", "numpy"},
+    "stories": {"aggregator.model", "numpy"},
     "config": {"aggregator.model", "aggregator.errors", "yaml", "pydantic"},
     "fetch": {"aggregator.model", "aggregator.errors", "requests", "urllib3", "brotli"},
     "parse": {"aggregator.model", "aggregator.errors", "aggregator.fastparse", "feedparser"},

@@ -271,6 +271,15 @@ def test_unchanged_feed_is_answered_304_and_not_parsed(
     with sessions.begin() as s:
         assert store.fetch_state(s, "bbc") == validators
         assert store.count_items(s) == 53
+        inputs = store.poll_inputs(s, "bbc")  # the one read the poll makes before fetching
+        assert inputs == (validators, store.schedule_inputs(s, "bbc")) and len(inputs[1].published) == 20
+        assert store.poll_inputs(s, "missing") == (None, store.ScheduleInputs())
+        history = store.poll_history(s, "bbc")
+    assert [(h.status, h.http_status, h.at) for h in history] == [
+        ("not_modified", 304, NOW + HOUR),
+        ("updated", 200, NOW),
+    ]
+    assert history[0].next_due_reason == second.due_reason
     row = health(sessions)["bbc"]
     assert (row.status, row.last_http_status, row.last_fetch, row.items) == ("ok", 304, NOW + HOUR, 53)
 

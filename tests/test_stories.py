@@ -50,6 +50,20 @@ def test_tokens_fold_case_and_split_cjk_into_bigrams() -> None:
     assert stories.tokens("Gunman KILLS six, 中国军网") == ["gunman", "kills", "six", "中国", "国军", "军网"]
 
 
+def test_a_word_holding_cjk_becomes_bigrams_and_the_other_words_stay_whole() -> None:
+    assert stories.tokens("Ünïcode wörds mix中国x") == ["ünïcode", "wörds", "mi", "ix", "x中", "中国", "国x"]
+    assert stories.tokens("ΣΊΣΥΦΟΣ, Straße") == ["σίσυφοσ", "strasse"]  # casefold, no CJK: fast path
+
+
+def test_shingles_are_every_run_of_k_consecutive_words() -> None:
+    words = ["a", "b", "c", "a", "b", "c", "d"]
+    assert stories.shingles(words, 3) == {"a b c", "b c a", "c a b", "b c d"}
+    assert stories.shingles(words, 1) == {"a", "b", "c", "d"}
+    assert stories.shingles(words[:3], 3) == {"a b c"}
+    assert stories.shingles(words[:2], 3) == {"a b"}
+    assert stories.shingles([], 3) == set()
+
+
 def test_title_terms_drop_function_words_dates_and_years() -> None:
     terms = stories.title_terms("Best of cartoons, September 20, 2021")
     assert terms == frozenset({"best", "cartoo", "20"})

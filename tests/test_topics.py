@@ -12,7 +12,7 @@ import pytest
 
 from aggregator.errors import AggregatorError
 from aggregator.model import Item, Topic
-from aggregator.topics import MatchDoc, QueryError, TopicMatcher, compile_query, fold
+from aggregator.topics import FieldIndex, MatchDoc, QueryError, TopicMatcher, compile_query, fold
 
 DATA = Path(__file__).resolve().parent / "data"
 ARTICLE = (DATA / "normalize-example-article.txt").read_text(encoding="utf-8")
@@ -208,6 +208,20 @@ def test_phrases_match_consecutive_words() -> None:
     doc = doc_of("prisoners were taken in the war of 2022")
     assert matches("prisoners war", doc)
     assert not matches('"prisoners of war"', doc)
+
+
+def test_field_index_builds_positions_only_for_phrases_whose_words_are_all_there() -> None:
+    index = FieldIndex.of("The drone maker said: the drone flew")
+    assert index.has_words(("drone",)) and not index.has_words(("pilot",))
+    assert not index.has_words(("drone", "pilot")) and not index.has_words(("pilot", "fl"), prefix=True)
+    assert index._positions is None  # a missing word answers without building them
+    assert index.has_words(("drone", "flew")) and not index.has_words(("flew", "drone"))
+    assert index.has_words(("said", "the", "dr"), prefix=True)
+    assert not index.has_words(("said", "the", "fl"), prefix=True)
+    assert index.positions["drone"] == (1, 5)
+    assert index.vocabulary == ("drone", "flew", "maker", "said", "the")
+    assert index == FieldIndex.of("the DRONE  maker said:\nthe drone flew")
+    assert index != FieldIndex.of("the drone")
 
 
 def test_prefix_wildcards() -> None:

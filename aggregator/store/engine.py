@@ -1,28 +1,29 @@
 """Engine setup (SQLite pragmas, PostgreSQL pool checks) and schema migrations through Alembic.
 
 Only this package talks to the database; callers get an Engine and a sessionmaker and own the
-transactions (``with sessionmaker.begin() as s``).
+transactions (``with sessionmaker.begin() as s``). Alembic (~18 MB) is imported only to migrate.
 """
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import os
 import sqlite3
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.errors import StoreError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT = 10  # seconds: PostgreSQL connection attempts (a host that does not answer) give up
@@ -81,18 +82,25 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration (creating it on an empty database)."""
-    migrate(engine, "head")
+    """Bring the schema to the newest migration (creating it on an empty database); a database
+    already there is left alone without loading Alembic."""
+    current, head = schema_revision(engine)
+    if current != head:
+        migrate(engine, "head")
 
 
 def migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
     """Upgrade (or, with ``down``, downgrade) the schema to ``revision``, in one transaction."""
+    from alembic import command
+
     config = _alembic_config()
     try:
         with engine.begin() as connection:
@@ -103,14 +111,49 @@ def migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
 
 
 def schema_revision(engine: Engine) -> tuple[str | None, str | None]:
-    """(current revision of the database, newest revision this code knows)."""
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    """(current revision of the database, newest revision this code knows), read with one query of
+    Alembic's ``alembic_version`` table and from the migration files, without loading Alembic."""
+    shown = engine.url.render_as_string()
     try:
         with engine.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
+            if not inspect(connection).has_table("alembic_version"):
+                return None, head_revision()
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     except SQLAlchemyError as e:
-        raise StoreError(f"store: cannot open database {engine.url.render_as_string()}: {e}") from e
-    return current, head
+        raise StoreError(f"store: cannot open database {shown}: {e}") from e
+    if len(versions) > 1:
+        raise StoreError(f"store: {shown} has several schema revisions {sorted(versions)}: one is expected")
+    return (versions[0] if versions else None), head_revision()
+
+
+@cache
+def head_revision() -> str:
+    """The newest revision of the migration files: the one no other revision revises."""
+    revised: dict[str, set[str]] = {}
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        found = _revision_of(path)
+        if found is not None:
+            revised[found[0]] = found[1]
+    heads = set(revised) - set().union(*revised.values())
+    if len(heads) != 1:
+        raise StoreError(f"store: the migrations in {MIGRATIONS} have {len(heads)} heads {sorted(heads)}")
+    return heads.pop()
+
+
+_REVISION_NAMES = ("revision", "down_revision")
+
+
+def _revision_of(path: Path) -> tuple[str, set[str]] | None:
+    """(``revision``, the ``down_revision`` set) assigned at the top of a migration file."""
+    values: dict[str, object] = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if isinstance(node, ast.Assign) and isinstance(target, ast.Name) and target.id in _REVISION_NAMES:
+            values[target.id] = ast.literal_eval(node.value)
+    revision, down = values.get("revision"), values.get("down_revision")
+    if not isinstance(revision, str):
+        return None
+    return revision, {down} if isinstance(down, str) else set(down) if isinstance(down, tuple) else set()
 
 
 class WriterLock:

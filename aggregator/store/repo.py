@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Select,
     Text,
     Update,
@@ -116,11 +117,19 @@ _FETCH_STATE = select(
 ).where(SourceRow.name == bindparam("name"))
 
 
-def fetch_state(s: Session, name: str) -> FetchState | None:
+def _connection(s: Session | Connection) -> Connection:
+    """The Session's connection, or the Core Connection itself (the unchanged re-poll path uses one:
+    no Session to build and tear down per poll)."""
+    return s if isinstance(s, Connection) else s.connection()
+
+
+def fetch_state(s: Session | Connection, name: str) -> FetchState | None:
     """What the next request of ``name`` sends (URL, validators) and its error count."""
-    row = s.connection().execute(_FETCH_STATE, {"name": name}).first()
-    if row is None:
-        return None
+    row = _connection(s).execute(_FETCH_STATE, {"name": name}).first()
+    return None if row is None else _fetch_state(row)
+
+
+def _fetch_state(row: Any) -> FetchState:
     return FetchState(
         url=row.effective_url or row.url,
         etag=row.etag,
@@ -132,7 +141,7 @@ def fetch_state(s: Session, name: str) -> FetchState | None:
 
 
 def record_poll(
-    s: Session,
+    s: Session | Connection,
     outcome: PollOutcome,
     *,
     now: datetime,
@@ -169,7 +178,7 @@ def record_poll(
         values |= _meta_values(meta)
     params |= {f"v_{name}": value for name, value in values.items()}
     statement = _source_update(tuple(sorted(values)), not outcome.ok, state is not None)
-    source_id = s.connection().execute(statement, params).scalar()
+    source_id = _connection(s).execute(statement, params).scalar()
     if source_id is not None:
         _record_history(s, source_id, outcome, now)
 
@@ -509,13 +518,9 @@ def add_topic_items(s: Session, topic: str, item_ids: Sequence[int], now: dateti
         )
     )
     added = [i for i in dict.fromkeys(item_ids) if i not in present]
-    for item_id in added:
-        s.execute(
-            _insert(s, TopicItemRow)
-            .values(topic=topic, item_id=item_id, added_at=now)
-            .on_conflict_do_nothing()
-        )
-    if added:
+    if added:  # one executemany (batched into multi-row INSERTs), not one statement per item
+        rows = [{"topic": topic, "item_id": item_id, "added_at": now} for item_id in added]
+        s.execute(_insert(s, TopicItemRow.__table__).on_conflict_do_nothing(), rows)
         s.execute(update(TopicRow).where(TopicRow.name == topic).values(last_match_at=now))
     return len(added)
 
@@ -692,10 +697,10 @@ _HISTORY_TRIM = delete(PollRow).where(
 )
 
 
-def _record_history(s: Session, source_id: int, outcome: PollOutcome, now: datetime) -> None:
+def _record_history(s: Session | Connection, source_id: int, outcome: PollOutcome, now: datetime) -> None:
     """Append the poll and drop the ones beyond HISTORY_LIMIT for this source (two statements, both
     on the (source_id, id) index)."""
-    connection = s.connection()
+    connection = _connection(s)
     row = {
         "source_id": source_id,
         "at": now,
@@ -761,13 +766,27 @@ _PUBLISHED = (
 )
 
 
-def schedule_inputs(s: Session, name: str, *, posts: int = 20) -> ScheduleInputs:
+def schedule_inputs(s: Session | Connection, name: str, *, posts: int = 20) -> ScheduleInputs:
     """The feed's stored ttl / sy hints and the publication times of its ``posts`` latest dated items
     (two indexed reads)."""
-    connection = s.connection()
+    connection = _connection(s)
     row = connection.execute(_SCHEDULE_SOURCE, {"name": name}).first()
+    return ScheduleInputs() if row is None else _schedule_inputs(connection, row, posts)
+
+
+_POLL_INPUTS = _FETCH_STATE.add_columns(SourceRow.id, SourceRow.feed_ttl, SourceRow.feed_update_every)
+
+
+def poll_inputs(s: Session | Connection, name: str) -> tuple[FetchState | None, ScheduleInputs]:
+    """``fetch_state`` and ``schedule_inputs`` together: the source row is read once (two reads)."""
+    connection = _connection(s)
+    row = connection.execute(_POLL_INPUTS, {"name": name}).first()
     if row is None:
-        return ScheduleInputs()
+        return None, ScheduleInputs()
+    return _fetch_state(row), _schedule_inputs(connection, row)
+
+
+def _schedule_inputs(connection: Connection, row: Any, posts: int = 20) -> ScheduleInputs:
     published = connection.execute(_PUBLISHED, {"source_id": row.id, "posts": posts}).scalars()
     return ScheduleInputs(
         ttl=None if row.feed_ttl is None else timedelta(seconds=row.feed_ttl),
