@@ -35,6 +35,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from aggregator.errors import FetchError
 from aggregator.model import FetchResult, FetchState, Source
+from aggregator.urls import host_key
 
 ACCEPT = (
     "application/rss+xml, application/atom+xml, application/feed+json, "
@@ -156,18 +157,6 @@ def _guarded(source: Source, enabled: bool) -> Iterator[None]:
 
 
 # --- per-host limits -------------------------------------------------------------------------------
-
-
-def host_key(url: str) -> str:
-    """The key of the per-host limits: the URL's origin host and port (``example.org:443``), so two
-    servers on one machine behind different ports are two hosts, as two origins are to a browser."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    default = 443 if parts.scheme.lower() == "https" else 80
-    return f"{(parts.hostname or '').lower()}:{port or default}"
 
 
 class HostLimits:

@@ -17,7 +17,7 @@ from datetime import datetime
 from functools import partial
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import store
@@ -87,7 +87,7 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
         with _engine(ctx).connect() as c:  # a Core connection: no Session per poll
             state, stored = store.poll_inputs(c, name)  # read here, so a 304 only writes
     except SQLAlchemyError as e:  # the database is away: nothing was fetched; polled again when due
-        message = f"source {name!r}: store: cannot read the source's state: {db_problem(e)}"
+        message = f"source {name!r}: store: cannot read the source's state: {store.db_problem(e)}"
         log.error("%s; polled again when its lease ends", message)
         return PollOutcome(name, "error", now, error=message)
     try:
@@ -132,20 +132,6 @@ def _retried(
     raise AssertionError("unreachable")
 
 
-def connection_lost(error: BaseException) -> bool:
-    """The database could not be reached or dropped the connection (a restart, a network cut)."""
-    return isinstance(error, DBAPIError) and (
-        error.connection_invalidated or isinstance(error, OperationalError)
-    )
-
-
-def db_problem(error: BaseException) -> str:
-    """The driver's own first line for a database error (no SQL, no parameters), else the error."""
-    cause = getattr(error, "orig", None) or error
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-
-
 def _store_failed(
     ctx: Context,
     source: Source,
@@ -156,11 +142,8 @@ def _store_failed(
     http_status: int | None,
 ) -> PollOutcome:
     """The store transaction rolled back: nothing of this poll was written; record why."""
-    if connection_lost(error):  # an operator needs the cause, not a traceback
-        log.error("source %r: could not store the poll: %s", source.name, db_problem(error))
-    else:
-        log.error("source %r: could not store the poll", source.name, exc_info=error)
-    message = f"source {source.name!r}: store: {db_problem(error)}"
+    _log_store_error(f"source {source.name!r}: could not store the poll", error)
+    message = f"source {source.name!r}: store: {store.db_problem(error)}"
     with ctx.stages.write:
         return _failed(ctx, source, state, started, now, message, http_status)
 
@@ -362,39 +345,6 @@ def _permanent_target(result: FetchResult, requested: str) -> str | None:
     return url if url != requested else None
 
 
-def _record_failure(
-    ctx: Context,
-    source: Source,
-    state: FetchState | None,
-    started: float,
-    now: datetime,
-    message: str,
-    http_status: int | None,
-    retry_after: str | None = None,
-) -> PollOutcome:
-    errors = (state.errors if state else 0) + 1
-    gone = http_status == 410
-    if gone:
-        message += "; the source is retired: it is not polled again until its URL changes in the config"
-    with ctx.sessions.begin() as s:
-        due = _plan(s, source, now, errors=errors, retry_after=retry_after)
-        if gone:
-            due = Due(now + source.max_interval, "retired: HTTP 410 Gone")
-        outcome = PollOutcome(
-            source.name,
-            "error",
-            due.at,
-            http_status=http_status,
-            error=message,
-            duration=time.monotonic() - started,
-            due_reason=due.reason,
-            retired=gone,
-        )
-        store.record_poll(s, outcome, now=now)
-    _log(outcome)
-    return outcome
-
-
 def _failed(
     ctx: Context,
     source: Source,
@@ -407,14 +357,40 @@ def _failed(
 ) -> PollOutcome:
     """Record a failed poll; if even that cannot be written, log it and still return the outcome (the
     source stays claimed until its lease ends, then it is polled again): poll_source never raises."""
+    errors = (state.errors if state else 0) + 1
+    gone = http_status == 410
+    if gone:
+        message += "; the source is retired: it is not polled again until its URL changes in the config"
     try:
-        return _record_failure(ctx, source, state, started, now, message, http_status, retry_after)
+        with ctx.sessions.begin() as s:
+            due = _plan(s, source, now, errors=errors, retry_after=retry_after)
+            if gone:
+                due = Due(now + source.max_interval, "retired: HTTP 410 Gone")
+            outcome = PollOutcome(
+                source.name,
+                "error",
+                due.at,
+                http_status=http_status,
+                error=message,
+                duration=time.monotonic() - started,
+                due_reason=due.reason,
+                retired=gone,
+            )
+            store.record_poll(s, outcome, now=now)
     except Exception as e:
-        if connection_lost(e):
-            log.error("source %r: could not record the failure %r: %s", source.name, message, db_problem(e))
-        else:
-            log.exception("source %r: could not record the failure %r", source.name, message)
+        _log_store_error(f"source {source.name!r}: could not record the failure {message!r}", e)
         return PollOutcome(source.name, "error", now, http_status=http_status, error=message)
+    _log(outcome)
+    return outcome
+
+
+def _log_store_error(what: str, error: Exception) -> None:
+    """A lost database connection is logged as one line with its cause (an operator needs no
+    traceback for a restart); anything else with its traceback (a bug)."""
+    if store.connection_lost(error):
+        log.error("%s: %s", what, store.db_problem(error))
+    else:
+        log.error("%s", what, exc_info=error)
 
 
 def _not_modified(

@@ -143,3 +143,15 @@ def _is_tracking(name: str, value: str, extra: frozenset[str]) -> bool:
         return True
     rule = TRACKING_VALUES.get(name)
     return rule is not None and rule.fullmatch(value) is not None
+
+
+def host_key(url: str) -> str:
+    """The key of the per-host limits: the URL's origin host and port (``example.org:443``), so two
+    servers on one machine behind different ports are two hosts, as two origins are to a browser."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = 443 if parts.scheme.lower() == "https" else 80
+    return f"{(parts.hostname or '').lower()}:{port or default}"

@@ -230,7 +230,8 @@ def create_app(
 
     @app.errorhandler(SQLAlchemyError)
     def store_down(e: SQLAlchemyError) -> tuple[str, int, dict[str, str]]:
-        log.warning("web: %s %s: the store cannot be read: %s", request.method, request.path, _first_line(e))
+        problem = store.db_problem(e)
+        log.warning("web: %s %s: the store cannot be read: %s", request.method, request.path, problem)
         return f"store: the database cannot be read ({type(e).__name__})\n", 503, {"Retry-After": "5"}
 
     @app.get("/")
@@ -335,10 +336,6 @@ def _accepts_gzip(accept_encoding: str | None) -> bool:
             except ValueError:
                 return False
     return False
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _page_number() -> int:

@@ -91,7 +91,9 @@ class Worker:
                     s, claimed_at, lease=self.lease, limit=free, owner=self.owner, per_host=self.per_host
                 )
         except Exception as e:
-            log.warning("worker: could not claim due sources (%s); trying again at the next tick", e)
+            log.warning(
+                "worker: could not claim due sources (%s); trying again at the next tick", store.db_problem(e)
+            )
             log.debug("worker: claim failed", exc_info=True)
             return []
         dispatched = []
@@ -122,7 +124,8 @@ class Worker:
             with self.ctx.sessions.begin() as s:
                 held = store.renew_lease(s, name, self.owner, now, self.lease)
         except Exception as e:
-            log.warning("worker: could not renew the lease on %r (%s); not polled now", name, e)
+            problem = store.db_problem(e)
+            log.warning("worker: could not renew the lease on %r (%s); not polled now", name, problem)
             return None
         if not held:
             log.warning("worker: the lease on %r expired and another worker took it; not polled here", name)
@@ -170,7 +173,10 @@ class Worker:
             with self.ctx.sessions.begin() as s:
                 names = store.release_leases(s, self.owner)
         except Exception as e:
-            log.warning("worker: could not release its leases (%s); they expire within %s", e, self.lease)
+            problem = store.db_problem(e)
+            log.warning(
+                "worker: could not release its leases (%s); they expire within %s", problem, self.lease
+            )
             return []
         if names:
             log.info("worker: released the leases of %d sources not polled: %s", len(names), ", ".join(names))

@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "language": {"py3langid", "numpy"},
     "stories": {"aggregator.model", "numpy"},
     "config": {"aggregator.model", "aggregator.errors", "yaml", "pydantic"},
-    "fetch": {"aggregator.model", "aggregator.errors", "requests", "urllib3", "brotli"},
+    "fetch": {"aggregator.model", "aggregator.errors", "aggregator.urls", "requests", "urllib3", "brotli"},
     "parse": {"aggregator.model", "aggregator.errors", "aggregator.fastparse", "feedparser"},
     "fastparse": {"aggregator.model", "fastfeedparser", "lxml"},
     "publish": {"aggregator.model", "aggregator.errors", "feedgen", "lxml"},

@@ -3,6 +3,8 @@
 from aggregator.store.engine import (
     Pool,
     WriterLock,
+    connection_lost,
+    db_problem,
     ensure_current,
     make_engine,
     make_sessionmaker,
@@ -69,7 +71,9 @@ __all__ = [
     "WriterLock",
     "add_topic_items",
     "claim_due_sources",
+    "connection_lost",
     "count_items",
+    "db_problem",
     "ensure_current",
     "explain_item",
     "fetch_state",

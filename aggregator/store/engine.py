@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.errors import StoreError
@@ -75,6 +75,20 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> No
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def connection_lost(error: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (a restart, a network cut)."""
+    return isinstance(error, DBAPIError) and (
+        error.connection_invalidated or isinstance(error, OperationalError)
+    )
+
+
+def db_problem(error: BaseException) -> str:
+    """The driver's own first line for a database error (no SQL, no parameters), else the error's."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from aggregator.store.tables import SourceRow
+from aggregator.urls import host_key
 
 # pg_advisory_xact_lock keys (64-bit): "aggclaim" serializes claims that apply a per-host limit, so the
 # count of a host's leases cannot change between reading it and writing the new leases; "aggsync."
@@ -31,17 +32,12 @@ def new_owner(role: str = "worker") -> str:
 
 
 def url_host(url: str) -> str | None:
-    """The host a URL polls, as the fetcher's per-host limit counts it: lower-case name and port
-    (``example.org:443``); None for files and paths (no per-host limit)."""
+    """The host a URL polls, as the fetcher's per-host limit counts it (``urls.host_key``: lower-case
+    name and port); None for files and paths (no per-host limit)."""
     parts = urlsplit(url)
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
-    if scheme not in ("http", "https") or not host:
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         return None
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return f"{host}:{port or (443 if scheme == 'https' else 80)}"
+    return host_key(url)
 
 
 def take_lock(s: Session, key: int) -> None:
