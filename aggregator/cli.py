@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +28,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import __version__, store, websub
@@ -35,11 +37,21 @@ from aggregator.config import Settings, load_config
 from aggregator.errors import AggregatorError, ConfigError, StoreError
 from aggregator.fetch import HostLimits, fetch, make_session
 from aggregator.model import PollOutcome, SourceHealth, StoredItem
-from aggregator.pipeline import Context, backfill_topics, poll_source, topic_definitions
+from aggregator.pipeline import (
+    UNCHANGED_BATCH,
+    Context,
+    backfill_topics,
+    flush_unchanged,
+    poll_source,
+    topic_definitions,
+)
 from aggregator.stages import Stages, limit_malloc_arenas
 from aggregator.topics import MatchDoc, compile_query
 
 if TYPE_CHECKING:
+    from flask import Flask
+
+    from aggregator.opml import ImportPlan
     from aggregator.worker import Worker
 
 DEFAULT_CONFIG = "config/aggregator.yaml"
@@ -84,6 +96,7 @@ def open_app(settings: Settings, *, migrate: bool = True) -> App:
         partial(fetch, http, limits=limits),
         on_topics_changed=_pinger(settings),
         stages=Stages.build(processes=settings.worker.parse_processes, writers=writers),
+        unchanged_batch=UNCHANGED_BATCH,  # the worker and poll_many write what is left
     )
     if migrate:
         with sessions.begin() as s:
@@ -135,27 +148,34 @@ def cmd_check_config(args: argparse.Namespace, out: Console) -> int:
 def cmd_fetch(args: argparse.Namespace, out: Console) -> int:
     app = open_app(load(args))
     known = app.ctx.sources
-    if args.source:
-        unknown = [n for n in args.source if n not in known]
-        if unknown:
-            raise ConfigError(f"unknown source(s): {', '.join(unknown)} (see `python run.py sources`)")
-        names = list(dict.fromkeys(args.source))
-    elif args.all:  # every enabled source except the retired (410 Gone); --source NAME still polls one
-        with app.sessions() as s:
-            retired = {h.name for h in store.source_health(s) if h.retired}
-        names = [n for n, s in known.items() if s.enabled and n not in retired]
+    owner = store.new_owner("fetch")
+    lease = timedelta(seconds=app.settings.worker.lease)
+    busy: dict[str, datetime] = {}
+    if args.source or args.all:
+        if args.source:
+            unknown = [n for n in args.source if n not in known]
+            if unknown:
+                raise ConfigError(f"unknown source(s): {', '.join(unknown)} (see `python run.py sources`)")
+            wanted = list(dict.fromkeys(args.source))
+        else:  # every enabled source except the retired (410 Gone); --source NAME still polls one
+            with app.sessions() as s:
+                retired = {h.name for h in store.source_health(s) if h.retired}
+            wanted = [n for n, s in known.items() if s.enabled and n not in retired]
+        # leased like a worker's claim, so a worker running beside this command never polls them at once
+        with app.sessions.begin() as s:
+            names, busy = store.lease_sources(s, wanted, now(), lease=lease, owner=owner)
+        for name, until in busy.items():
+            out.print(f"{name}: skipped, a worker is polling it now (its lease ends {until:%H:%M:%S} UTC)")
     else:
-        owner = store.new_owner("fetch")
-        lease = timedelta(seconds=app.settings.worker.lease)
         with app.sessions.begin() as s:
             names = store.claim_due_sources(s, now(), lease=lease, limit=len(known) or 1, owner=owner)
     if not names:
-        out.print("no source is due yet (see `python run.py sources`); `fetch --all` polls every source")
+        if not busy:
+            out.print("no source is due yet (see `python run.py sources`); `fetch --all` polls every source")
         return 0
     outcomes = poll_many(app, names, out)
-    if not (args.source or args.all):
-        with app.sessions.begin() as s:  # a poll that could not record its outcome: due again at once
-            store.release_leases(s, owner)
+    with app.sessions.begin() as s:  # a poll that could not record its outcome: due again at once
+        store.release_leases(s, owner)
     out.print(outcome_table(outcomes))
     failed = [o for o in outcomes if not o.ok]
     new = sum(o.new for o in outcomes)
@@ -174,6 +194,7 @@ def poll_many(app: App, names: Sequence[str], out: Console) -> list[PollOutcome]
         for outcome in pool.map(lambda n: poll_source(app.ctx, n, now()), names):
             outcomes.append(outcome)
             progress.advance(task)
+    flush_unchanged(app.ctx)  # the unchanged polls still held (a batch not full yet)
     return outcomes
 
 
@@ -426,6 +447,118 @@ def explain_lines(x: store.Explanation, topics: Sequence[str]) -> list[str]:
     return lines
 
 
+def cmd_opml_export(args: argparse.Namespace, out: Console) -> int:
+    """The configured sources as OPML 2.0 on standard output (or ``--out FILE``); ``out`` is stderr."""
+    from aggregator import opml
+
+    settings = load(args)
+    raw = opml.raw_sources(settings.path)
+    sites, warnings = stored_sites(settings)
+    body, more = opml.export_opml(
+        settings.sources, raw, now(), f"aggregator sources ({settings.path.name})", sites
+    )
+    warnings += more
+    for warning in warnings:
+        out.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    if args.out and args.out != "-":
+        opml.write_atomically(Path(args.out), body)
+        out.print(f"exported {len(settings.sources)} sources to {args.out}", highlight=False)
+    else:
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+    return 0
+
+
+def stored_sites(settings: Settings) -> tuple[dict[str, str], list[str]]:
+    """The site link (OPML htmlUrl) of each source the store has polled, read without migrating or
+    creating anything: none before the first poll, and a warning when the store cannot be read."""
+    try:
+        url = make_url(settings.database)
+    except ArgumentError:
+        return {}, []
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and not (database and Path(database).expanduser().is_file()):
+        return {}, []
+    try:
+        engine = open_engine(settings)
+        try:
+            with store.make_sessionmaker(engine)() as s:
+                return store.source_sites(s), []
+        finally:
+            engine.dispose()
+    except (AggregatorError, SQLAlchemyError) as e:
+        reason = str(e).splitlines()[0]
+        return {}, [f"htmlUrl left out: cannot read the store {url.render_as_string()}: {reason}"]
+
+
+def cmd_opml_import(args: argparse.Namespace, out: Console) -> int:
+    """Add the feeds of an OPML file that the config lacks to its ``sources:``; all or nothing."""
+    from aggregator import opml
+
+    settings = load(args)  # the config as it is must load: its problems first (exit 2)
+    doc = opml.parse_opml(opml.read_opml_file(args.file), args.file)
+    plan = opml.plan_import(doc, settings.sources, keep_env=args.keep_env)
+    out.print(import_table(plan, args.file))
+    problems = len(plan.problems)
+    if problems:
+        raise ConfigError(
+            f"{args.file}: {problems} problem{'s' * (problems != 1)}; nothing imported", list(plan.problems)
+        )
+    summary = f"{len(plan.added)} added, {len(plan.skipped)} skipped, 0 problems"
+    if not plan.added:
+        out.print(f"{summary}: {settings.path} is unchanged", highlight=False)
+        return 0
+    text = settings.path.read_bytes().decode("utf-8")  # as is: read_text would turn \r\n into \n
+    new_text = opml.append_sources(text, [a.entry for a in plan.added])
+
+    def check(candidate: Path) -> None:  # the same loader as check-config, on the file as it would be
+        try:
+            loaded = load_config(candidate, validate_query=compile_query)
+        except ConfigError as e:
+            lines = [p.replace(str(candidate), str(settings.path)) for p in e.problems]
+            raise ConfigError(
+                f"{settings.path}: the config would not load after the import; unchanged", lines
+            ) from e
+        missing = {a.entry["name"] for a in plan.added} - {s.name for s in loaded.sources}
+        if missing:  # pragma: no cover - a safety net for the text edit
+            raise ConfigError(f"{settings.path}: the edit lost sources {sorted(missing)}; unchanged")
+
+    opml.write_atomically(settings.path, new_text.encode("utf-8"), check, keep=not args.dry_run)
+    if args.dry_run:
+        out.print(f"dry run: {summary}; {settings.path} would get:", highlight=False)
+        out.print(escape(opml.append_sources("sources:\n", [a.entry for a in plan.added])), highlight=False)
+    else:
+        out.print(f"{summary}: {settings.path} updated (check it with `check-config`)", highlight=False)
+    return 0
+
+
+def import_table(plan: ImportPlan, file: str) -> Table:
+    table = Table(title=f"OPML import from {file}")
+    for column in ("line", "outline", "result", "source", "tags", "url / note"):
+        table.add_column(column, overflow="fold")
+    for a in plan.added:
+        entry = a.entry
+        note = "\n".join([escape(entry["url"]), *(escape(n) for n in a.notes)])
+        tags = ", ".join(entry.get("tags", []))
+        table.add_row(
+            str(a.feed.line), escape(a.feed.title or a.feed.text or ""), "added", entry["name"], tags, note
+        )
+    for feed, why in plan.skipped:
+        table.add_row(
+            str(feed.line),
+            escape(feed.title or feed.text or ""),
+            "skipped",
+            "",
+            "",
+            escape(f"{feed.url}: {why}"),
+        )
+    for label, why in plan.ignored:
+        table.add_row("-", escape(label), "ignored", "", "", escape(why))
+    for problem in plan.problems:
+        table.add_row("-", "", "[red]problem[/red]", "", "", escape(problem))
+    return table
+
+
 def cmd_db(args: argparse.Namespace, out: Console) -> int:
     settings = load(args)
     engine = open_engine(settings)
@@ -466,6 +599,12 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _processes(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(f"expected a number of processes from 1 to 64, not {value!r}")
+    return int(value)
+
+
 def cmd_run(args: argparse.Namespace, out: Console) -> int:
     return _run_writer(load(args), out, with_web=True)
 
@@ -490,30 +629,37 @@ def _run_writer(settings: Settings, out: Console, *, with_web: bool) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, out: Console) -> int:
-    app = open_app(load(args), migrate=False)
-    return serve_forever(app, out, with_worker=False, with_web=True)
+    settings = load(args)
+    app = open_app(settings, migrate=False)
+    processes = args.processes or settings.server.processes or len(os.sched_getaffinity(0))
+    return serve_forever(app, out, with_worker=False, with_web=True, processes=processes)
 
 
-def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) -> int:
-    """Run the worker and/or the web server until SIGINT or SIGTERM; stop cleanly."""
-    from waitress import create_server
-
-    from aggregator.web import create_app
+def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool, processes: int = 1) -> int:
+    """Run the worker and/or the web server until SIGINT or SIGTERM; stop cleanly. The web server alone
+    may run in ``processes`` forked processes sharing the listening socket."""
+    from aggregator import httpd
+    from aggregator.web import create_app, in_memory
 
     settings = app.settings
     stop = threading.Event()
-    server = None
-    if with_web:
+    options = httpd.Options(threads=settings.server.threads)
+
+    def make_app() -> tuple[Flask, httpd.Inline]:
         wsgi = create_app(
             settings.topics, app.sessions, settings.server.base_url, websub_hub=settings.websub_hub
         )
-        try:
-            server = create_server(wsgi, host=settings.server.host, port=settings.server.port, threads=8)
-        except OSError as e:
-            raise AggregatorError(
-                f"cannot listen on {settings.server.host}:{settings.server.port}: {e.strerror or e} "
-                f"(change server.port in {settings.path})"
-            ) from e
+        return wsgi, in_memory(wsgi)
+
+    sockets = _listen(settings) if with_web else []
+    if with_web and not with_worker and processes > 1:
+        app.engine.dispose()  # each web process opens its own connections
+        announce(app, out, processes)
+        return httpd.serve_processes(make_app, sockets, options, processes)
+    server = None
+    if with_web:
+        wsgi, inline = make_app()
+        server = httpd.Server(wsgi, sockets, options, inline)
     worker = make_worker(app) if with_worker else None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -521,7 +667,7 @@ def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) 
         # locks (stopping the server from here deadlocked `serve` under load)
         stop.set()
         if server is not None:
-            server.pull_trigger()
+            server.wake()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -529,7 +675,7 @@ def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) 
             worker.start()
         if server is not None:
             announce(app, out)
-            run_until(server, stop)
+            server.run_until(stop)
         else:
             out.print(f"worker polling {len(settings.sources)} sources; Ctrl-C to stop", highlight=False)
             stop.wait()
@@ -541,18 +687,16 @@ def serve_forever(app: App, out: Console, *, with_worker: bool, with_web: bool) 
     return 0
 
 
-def run_until(server: Any, stop: threading.Event) -> None:
-    """Run waitress's loop until ``stop`` is set; then let requests in flight finish (2 s at most) and
-    close the listening socket and every client connection."""
-    from waitress import wasyncore
+def _listen(settings: Settings) -> list[socket.socket]:
+    from aggregator import httpd
 
     try:
-        while not stop.is_set():
-            wasyncore.loop(timeout=1.0, map=server._map, use_poll=True, count=1)
-    finally:
-        server.task_dispatcher.shutdown(timeout=2)
-        server.close()
-        wasyncore.close_all(server._map, ignore_all=True)
+        return httpd.listen(settings.server.host, settings.server.port, httpd.Options().backlog)
+    except OSError as e:
+        raise AggregatorError(
+            f"cannot listen on {settings.server.host}:{settings.server.port}: {e.strerror or e} "
+            f"(change server.port in {settings.path})"
+        ) from e
 
 
 def make_worker(app: App) -> Worker:
@@ -570,13 +714,24 @@ def make_worker(app: App) -> Worker:
             longest,
             app.settings.path,
         )
-    return Worker(app.ctx, tick=w.tick, threads=w.threads, lease=lease, batch=w.batch, per_host=w.per_host)
+    days = app.settings.retention.days
+    retention = timedelta(days=days) if days is not None else None
+    return Worker(
+        app.ctx,
+        tick=w.tick,
+        threads=w.threads,
+        lease=lease,
+        batch=w.batch,
+        per_host=w.per_host,
+        retention=retention,
+    )
 
 
-def announce(app: App, out: Console) -> None:
+def announce(app: App, out: Console, processes: int = 1) -> None:
     base = app.settings.server.base_url.rstrip("/")
     out.print(
-        f"aggregator {__version__}: serving {len(app.settings.topics)} topic feeds at {base}/",
+        f"aggregator {__version__}: serving {len(app.settings.topics)} topic feeds at {base}/"
+        + (f" ({processes} processes)" if processes > 1 else ""),
         highlight=False,
     )
     for topic in app.settings.topics:
@@ -613,7 +768,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "worker and web server in one process (the default)")
     add("worker", cmd_worker, "only the polling worker")
-    add("serve", cmd_serve, "only the web server")
+    p = add("serve", cmd_serve, "only the web server")
+    p.add_argument(
+        "--processes", type=_processes, metavar="N", help="web processes (default server.processes)"
+    )
     p = add("fetch", cmd_fetch, "one polling pass over the due sources (or --all / --source), then exit")
     p.add_argument("--source", action="append", metavar="NAME", help="poll this source (repeatable)")
     p.add_argument("--all", action="store_true", help="poll every enabled source, due or not")
@@ -627,6 +785,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", help="public URL the files will be served under (default server.base_url)")
     p = add("export", cmd_export, "every stored item as JSON Lines")
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    p = add("opml", cmd_opml_export, "sources in and out as OPML 2.0: `opml export`, `opml import FILE`")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    o = actions.add_parser("export", parents=[common], help="the configured sources as OPML 2.0")
+    o.set_defaults(func=cmd_opml_export)
+    o.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    o = actions.add_parser("import", parents=[common], help="add the feeds of an OPML file to sources:")
+    o.set_defaults(func=cmd_opml_import)
+    o.add_argument("file", metavar="FILE", help="the OPML file (- for standard input)")
+    o.add_argument("--dry-run", action="store_true", help="show what would be added; write nothing")
+    o.add_argument(
+        "--keep-env",
+        action="store_true",
+        help="keep ${NAME} environment references (only for a file you trust, e.g. your own export)",
+    )
     p = add("explain", cmd_explain, "why an item is where it is: identity, merges and their rule, topics")
     p.add_argument("item", metavar="ITEM_ID", help="the item's public id (as in export and feeds) or row id")
     p = add("db", cmd_db, "database maintenance: `db upgrade` applies the schema migrations")
@@ -644,7 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = getattr(args, "verbose", False)
     func: Command = getattr(args, "func", cmd_run)
     quiet = func in (cmd_check_config, cmd_sources, cmd_topics, cmd_export, cmd_build, cmd_db, cmd_fetch)
-    quiet = quiet or func in (cmd_prune, cmd_explain)
+    quiet = quiet or func in (cmd_prune, cmd_explain, cmd_opml_export, cmd_opml_import)
     logging.basicConfig(
         level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -653,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # waitress warns "Task queue depth is N" on every request under load
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    to_stderr = func is cmd_export
+    to_stderr = func in (cmd_export, cmd_opml_export)
     stream = sys.stderr if to_stderr else sys.stdout
     out = Console(stderr=to_stderr, width=None if stream.isatty() else 200)
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)

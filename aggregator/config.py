@@ -60,6 +60,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     base_url: str = ""  # "" only before __post_init__: defaults to http://HOST:PORT, never a trailing slash
+    processes: int = 0  # web processes of `serve` sharing the listening socket; 0: one per CPU
+    threads: int = 8  # worker threads per web process (requests that may read the store)
 
     def __post_init__(self) -> None:
         url = self.base_url or _default_base_url(self.host, self.port)
@@ -327,6 +329,10 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     base_url: Annotated[str, AfterValidator(_http_url)] | None = None
+    processes: int = Field(
+        default=0, ge=0, le=64, description="web processes of `serve` on one socket; 0: one per CPU"
+    )
+    threads: int = Field(default=8, ge=1, le=256, description="worker threads per web process")
 
 
 class WorkerConfig(_Section):
@@ -972,7 +978,13 @@ def load_config(
         count = len(ctx.problems)
         lines = [text for _, _, text in sorted(ctx.problems, key=lambda p: (p[0], p[1]))]
         raise ConfigError(f"{display}: {count} problem{'s' * (count != 1)}", lines)
-    server = ServerSettings(shell.server.host, shell.server.port, shell.server.base_url or "")
+    server = ServerSettings(
+        shell.server.host,
+        shell.server.port,
+        shell.server.base_url or "",
+        processes=shell.server.processes,
+        threads=shell.server.threads,
+    )
     worker = WorkerSettings(
         shell.worker.tick.total_seconds(),
         shell.worker.threads,

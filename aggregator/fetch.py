@@ -19,6 +19,8 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,20 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import brotli
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
-from requests.models import ProtocolError, ReadTimeoutError
+from requests.models import PreparedRequest, ProtocolError, ReadTimeoutError
 from requests.structures import CaseInsensitiveDict
-from requests.utils import get_environ_proxies
+from requests.utils import get_environ_proxies, get_netrc_auth, select_proxy
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ClosedPoolError,
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ResponseError,
+)
 
 from aggregator.errors import FetchError
 from aggregator.model import FetchResult, FetchState, Source
@@ -47,6 +57,7 @@ CHUNK_SIZE = 64 * 1024
 RETRY_STATUSES = (429, 503)  # statuses whose Retry-After is honoured
 HOST_POOLS = 64  # host:port connection pools kept (least recently used dropped): keep-alive across polls
 MAX_HOST_HOLD = 24 * 3600.0  # a host's Retry-After holds its other sources back at most this long
+_host_key = lru_cache(maxsize=4096)(host_key)  # a source's URL is polled again and again: parsed once
 
 
 class HTTPStatusError(FetchError):
@@ -121,6 +132,75 @@ class _Adapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+        self._pools: dict[tuple[str, str, str], HTTPConnectionPool] = {}  # (scheme, netloc, verify)
+
+    def _direct_pool(self, request: PreparedRequest, verify: Any) -> HTTPConnectionPool:
+        """The pool manager's pool for the request's origin, remembered until the manager closes it
+        (it keeps the HOST_POOLS most recently created)."""
+        parts = urlsplit(request.url or "")
+        key = (parts.scheme, parts.netloc, str(verify))
+        pool = self._pools.get(key)
+        if pool is not None and pool.pool is not None:
+            return pool
+        try:
+            found = self.get_connection_with_tls_context(request, verify, proxies=None, cert=None)
+        except (urllib3.exceptions.LocationValueError, ValueError) as e:
+            raise requests.exceptions.InvalidURL(e, request=request) from e
+        self.cert_verify(found, request.url, verify, None)  # type: ignore[no-untyped-call]
+        if not isinstance(found, HTTPConnectionPool):
+            raise TypeError(f"fetch: no HTTP connection pool for {request.url}")
+        if len(self._pools) > 4 * HOST_POOLS:
+            self._pools.clear()
+        self._pools[key] = found
+        return found
+
+    def get_direct(
+        self,
+        request: PreparedRequest,
+        headers: dict[str, str],
+        timeout: tuple[float, float],
+        verify: Any,
+    ) -> requests.Response:
+        """A GET without a proxy, through this adapter's pool: ``send`` without its cookie handling
+        (the caller keeps no cookies), urllib3's errors mapped to requests' exceptions as ``send`` does."""
+        url = request.url or ""
+        pool = self._direct_pool(request, verify)
+        try:
+            raw = pool.urlopen(
+                "GET",
+                request.path_url,
+                headers=headers,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
+                retries=self.max_retries,
+                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+            )
+        except (ProtocolError, OSError, ClosedPoolError) as e:
+            raise requests.ConnectionError(e, request=request) from e
+        except MaxRetryError as e:
+            if isinstance(e.reason, ConnectTimeoutError) and not isinstance(e.reason, NewConnectionError):
+                raise requests.exceptions.ConnectTimeout(e, request=request) from e
+            if isinstance(e.reason, ResponseError):
+                raise requests.exceptions.RetryError(e, request=request) from e
+            if isinstance(e.reason, urllib3.exceptions.SSLError):
+                raise requests.exceptions.SSLError(e, request=request) from e
+            raise requests.ConnectionError(e, request=request) from e
+        except urllib3.exceptions.SSLError as e:
+            raise requests.exceptions.SSLError(e, request=request) from e
+        except ReadTimeoutError as e:
+            raise requests.exceptions.ReadTimeout(e, request=request) from e
+        except (urllib3.exceptions.InvalidHeader, ValueError) as e:  # http.client: "Invalid header value"
+            raise requests.exceptions.InvalidHeader(e, request=request) from e
+        response = requests.Response()
+        response.status_code = raw.status
+        response.headers = CaseInsensitiveDict(raw.headers)
+        response.raw = raw
+        response.reason = raw.reason or ""
+        response.url = url
+        response.request = request
+        return response
 
 
 def _refuse_private(source: Source, url: str, origin: str) -> None:
@@ -174,8 +254,10 @@ class HostLimits:
     @contextmanager
     def slot(self, host: str, timeout: float | None) -> Iterator[bool]:
         """Hold one of the host's slots; yields False if none came free within ``timeout`` seconds."""
-        with self._lock:
-            semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(self.per_host))
+        semaphore = self._slots.get(host)
+        if semaphore is None:
+            with self._lock:
+                semaphore = self._slots.setdefault(host, threading.BoundedSemaphore(self.per_host))
         acquired = semaphore.acquire(timeout=timeout)
         try:
             yield acquired
@@ -191,6 +273,8 @@ class HostLimits:
                 self._held[host] = max(until, self._held.get(host, 0.0))
 
     def held_until(self, host: str) -> float | None:
+        if not self._held:  # no host has asked for a pause (the common case: no lock taken)
+            return None
         with self._lock:
             until = self._held.get(host)
         return until if until is not None and until > time.time() else None
@@ -211,46 +295,109 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
 # --- fetching --------------------------------------------------------------------------------------
 
 
-# the variables that decide an http(s) URL's proxy (urllib's getproxies_environment, select_proxy)
-_PROXY_VARIABLES = (
+# the variables that decide an http(s) URL's proxy (urllib's getproxies_environment, select_proxy) and
+# its CA bundle (its netrc credentials are looked up once per origin)
+_ENVIRONMENT_VARIABLES = (
     *(
         name
         for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
         for name in (base, base.upper())
     ),
     "REQUEST_METHOD",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
 )
+_CACHED_ORIGINS = 10_000  # environment lookups remembered (per origin and environment) at most
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What the environment says about requests to one origin: proxies, CA bundle, netrc credentials."""
+
+    proxies: dict[str, str]
+    verify: Any
+    direct: bool  # no proxy and no ~/.netrc credentials for it (requests' own path adds those)
 
 
 class _Session(requests.Session):
-    """requests.Session that remembers the environment's proxies per origin while the proxy variables
-    stay the same: requests scans the whole environment twice per request to find them."""
+    """requests.Session that remembers the environment's settings per origin while the variables that
+    decide them stay the same (requests scans the whole environment twice per request to find the
+    proxies), and sends the common GET (no proxy, no netrc credentials, nothing set on the session that
+    requests would merge in) straight through its adapter's urllib3 pool: no request preparation,
+    settings merge or cookie handling per poll. Anything else goes through requests as usual."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._environ_proxies: dict[tuple[str, str, tuple[str | None, ...]], dict[str, str]] = {}
+        self._routes: dict[tuple[str, str, tuple[str | None, ...]], _Route] = {}
+        self._prepared: dict[str, PreparedRequest] = {}  # URL -> its prepared form (IDNA, quoting)
+        self._lock = threading.Lock()
+
+    def _route(self, url: str) -> _Route:
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, tuple(os.environ.get(name) for name in _ENVIRONMENT_VARIABLES))
+        found = self._routes.get(key)
+        if found is None:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            proxies = get_environ_proxies(url)
+            direct = not select_proxy(url, proxies) and get_netrc_auth(url) is None
+            found = _Route(proxies, verify, direct)
+            with self._lock:
+                if len(self._routes) > _CACHED_ORIGINS:
+                    self._routes.clear()
+                self._routes[key] = found
+        return found
 
     def merge_environment_settings(
         self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
     ) -> Any:
         if not self.trust_env or proxies or not isinstance(url, str):  # explicit proxies: requests' rules
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc, tuple(os.environ.get(name) for name in _PROXY_VARIABLES))
-        found = self._environ_proxies.get(key)
-        if found is None:
-            if len(self._environ_proxies) > 10_000:
-                self._environ_proxies.clear()
-            found = self._environ_proxies[key] = get_environ_proxies(url)
+        route = self._route(url)
         if verify is True or verify is None:
-            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or verify
-        merged = {k: v for k, v in {**self.proxies, **found}.items() if v is not None}  # requests' merge
+            verify = route.verify if route.verify is not True else verify
+        merged = {k: v for k, v in {**self.proxies, **route.proxies}.items() if v is not None}  # requests'
         return {
             "proxies": merged,
             "stream": self.stream if stream is None else stream,
             "verify": self.verify if verify is None else verify,
             "cert": self.cert if cert is None else cert,
         }
+
+    def get_streamed(
+        self, url: str, headers: CaseInsensitiveDict[str], timeout: tuple[float, float]
+    ) -> requests.Response:
+        """GET ``url`` without following redirects, the body left unread (``stream=True``): what
+        ``session.get`` does, through the adapter's pool directly when requests would add nothing."""
+        route = self._route(url) if self.trust_env else None
+        adapter = self.get_adapter(url)
+        if (
+            route is None
+            or not route.direct
+            or not isinstance(adapter, _Adapter)
+            or self.proxies
+            or self.auth
+            or self.cookies
+            or self.params
+            or self.cert
+            or self.verify is not True
+            or any(self.hooks.values())
+        ):
+            return self.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False)
+        merged = {k: v for k, v in self.headers.items() if k not in headers and isinstance(v, str)}
+        merged.update(headers)  # the session's headers, the request's win (http.client checks them)
+        return adapter.get_direct(self._prepare(url), merged, timeout, route.verify)
+
+    def _prepare(self, url: str) -> PreparedRequest:
+        prepared = self._prepared.get(url)
+        if prepared is None:
+            prepared = PreparedRequest()
+            prepared.prepare_method("GET")
+            prepared.prepare_url(url, None)
+            with self._lock:
+                if len(self._prepared) > _CACHED_ORIGINS:
+                    self._prepared.clear()
+                self._prepared[url] = prepared
+        return prepared
 
 
 def make_session(pool_size: int = 10) -> requests.Session:
@@ -310,6 +457,8 @@ def _fetch_http(
     deadline: float | None = None  # starts once the first slot at the host is ours
     while True:
         result = _limited_hop(session, source, current, headers, state, limits, deadline, url)
+        if isinstance(result, FetchResult) and not redirects:
+            return result
         if isinstance(result, FetchResult):
             return FetchResult(
                 url=result.url,
@@ -348,7 +497,7 @@ def _check_redirect(source: Source, url: str, current: str, status: int, locatio
 
 def _left_home(url: str, current: str) -> bool:
     """Has a redirect taken the fetch to another host (or port) than the configured one?"""
-    return urlsplit(url).netloc.lower() != urlsplit(current).netloc.lower()
+    return url != current and urlsplit(url).netloc.lower() != urlsplit(current).netloc.lower()
 
 
 def _limited_hop(
@@ -362,7 +511,7 @@ def _limited_hop(
     origin: str,
 ) -> FetchResult | tuple[int, str, float]:
     """One hop inside the host's concurrency slot and Retry-After hold; maps requests' errors."""
-    host = host_key(url)
+    host = _host_key(url)
     _check_held(source, url, host, limits)
     wait = None if deadline is None else max(0.0, deadline - time.monotonic())
     with limits.slot(host, wait) as acquired:
@@ -372,7 +521,9 @@ def _limited_hop(
             )
         deadline = deadline if deadline is not None else time.monotonic() + source.timeout
         try:
-            with _guarded(source, _left_home(origin, url) and not source.allow_private):
+            if not _left_home(origin, url) or source.allow_private:  # no address check needed
+                return _one_hop(session, source, url, headers, state, deadline)
+            with _guarded(source, True):
                 return _one_hop(session, source, url, headers, state, deadline)
         except HTTPStatusError as e:
             if e.status in RETRY_STATUSES:
@@ -408,13 +559,15 @@ def _one_hop(
     """One GET: a final FetchResult, or (status, absolute location, deadline) for a redirect."""
     remaining = _remaining(source, url, deadline)
     timeout = (min(source.timeout, remaining), min(source.timeout, remaining))
-    with session.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False) as resp:
+    get = session.get_streamed if isinstance(session, _Session) else _get_streamed(session)
+    with get(url, headers, timeout) as resp:
         if resp.is_redirect:
             return resp.status_code, urljoin(url, resp.headers["location"]), deadline
         etag = resp.headers.get("etag")
         last_modified = resp.headers.get("last-modified")
         if resp.status_code == 304:
-            _ = resp.content  # a 304 has no body: read it (b"") so the connection goes back to the pool
+            # no body: read it (b"") so that the connection goes back to the pool
+            resp.raw.read(decode_content=False)
             return FetchResult(
                 url=url,
                 status=304,
@@ -433,6 +586,17 @@ def _one_hop(
             etag=etag,
             last_modified=last_modified,
         )
+
+
+def _get_streamed(
+    session: requests.Session,
+) -> Callable[[str, CaseInsensitiveDict[str], tuple[float, float]], requests.Response]:
+    """``_Session.get_streamed`` for any other Session (requests all the way)."""
+
+    def get(url: str, headers: CaseInsensitiveDict[str], timeout: tuple[float, float]) -> requests.Response:
+        return session.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False)
+
+    return get
 
 
 def _status_error(source: Source, url: str, resp: requests.Response) -> HTTPStatusError:

@@ -156,6 +156,7 @@ class Item:
     enclosures: tuple[Enclosure, ...] = ()
     image: str | None = None
     flags: tuple[str, ...] = ()  # what normalization or identity had to fix: see normalize.FLAGS
+    raw_hash: str | None = None  # of its raw entry (normalize.raw_identity): skips normalizing it again
 
 
 @dataclass(frozen=True, slots=True)

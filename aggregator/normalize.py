@@ -7,6 +7,7 @@ Pure: no I/O, no clock (``now`` is a parameter). The work is done by urls.py (ca
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -66,10 +67,47 @@ FLAGS = ("future-date", "language-detected", "guid-repeated")
 FUTURE_TOLERANCE = timedelta(days=1)
 _FALLBACK_TITLE_CHARS = 80
 
+#: Part of every raw hash: bump it when normalize_entry gives a different Item for the same input, so
+#: that entries stored before are normalized again (and updated if their title or text changed).
+NORMALIZER_VERSION = 1
 
-def normalize_entry(raw: RawEntry, *, source: Source, feed: FeedMeta, feed_url: str, now: datetime) -> Item:
+
+def raw_identity(raw: RawEntry, *, source: Source, feed: FeedMeta, feed_url: str) -> tuple[str | None, str]:
+    """What the store compares before normalizing an entry again: the identity key normalize_entry gives
+    it when the guid or the link decides it (None when the key needs its text: such an entry is always
+    normalized), and a hash of everything normalize_entry reads except ``now`` (the entry's fields, the
+    base URL, the feed's language, the source's settings). The same key and hash as the stored item's
+    mean the same title and text, so the same content hash: nothing to update."""
+    base = raw.base or feed_url
+    if raw.guid is not None and raw.guid.strip():  # dedup.identity_key, without the text
+        key: str | None = "guid:" + raw.guid.strip()
+    else:
+        url = canonical_url(raw.link, base, extra_params=source.strip_params)
+        key = "link:" + url if url else None
+    inputs = (
+        NORMALIZER_VERSION,
+        raw,
+        base,
+        feed.language,
+        source.name,
+        source.strip_params,
+        source.boilerplate,
+    )
+    return key, hashlib.blake2b(repr(inputs).encode(), digest_size=16).hexdigest()
+
+
+def normalize_entry(
+    raw: RawEntry,
+    *,
+    source: Source,
+    feed: FeedMeta,
+    feed_url: str,
+    now: datetime,
+    raw_hash: str | None = None,
+) -> Item:
     """The Item for ``raw``: relative links resolve against ``raw.base`` or ``feed_url``; the source's
-    ``strip_params`` and ``boilerplate`` apply on top of the built-in lists."""
+    ``strip_params`` and ``boilerplate`` apply on top of the built-in lists. ``raw_hash`` (raw_identity's)
+    is kept on the Item for the store."""
     base = raw.base or feed_url
     url = canonical_url(raw.link, base, extra_params=source.strip_params)
     link = resolve_url(raw.link, base) if url else None
@@ -102,6 +140,7 @@ def normalize_entry(raw: RawEntry, *, source: Source, feed: FeedMeta, feed_url: 
         enclosures=enclosures,
         image=lead_image(raw.image, base, enclosures, html),
         flags=flags,
+        raw_hash=raw_hash,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +41,64 @@ from aggregator.topics import MatchDoc, TopicMatcher
 
 log = logging.getLogger(__name__)
 STORE_ATTEMPTS = 3  # a store transaction that lost SQLite's write lock is tried again this many times
+UNCHANGED_BATCH = 32  # unchanged polls recorded together by the worker and the fetch command
 
 Fetcher = Callable[[Source, FetchState | None], FetchResult]
+
+
+class UnchangedPolls:
+    """Write-behind for the most frequent poll of all, the unchanged one (a 304, or the body last
+    parsed): its record waits here until ``batch`` of them (or one older than ``max_delay`` seconds)
+    are written in one transaction, one statement each for all (``store.record_unchanged``). Whoever
+    drives the polls writes what is left (``flush_unchanged``): the worker at each dispatch and when it
+    stops, the ``fetch`` command when its polls are done. Until then the source keeps its lease, so a
+    crash costs a re-poll, never items (never buffered). ``batch`` 1: each record is written at once."""
+
+    def __init__(self, batch: int = 1, max_delay: float = 1.0) -> None:
+        self.batch, self.max_delay = batch, max_delay
+        self._lock = threading.Lock()
+        self._pending: dict[str, store.UnchangedPoll] = {}  # by source name, in the order polled
+        self._writing: dict[str, int] = {}  # sources whose records are being written (how many)
+        self._oldest = 0.0  # time.monotonic() of the oldest pending record
+
+    def add(self, poll: store.UnchangedPoll) -> list[store.UnchangedPoll]:
+        """Keep ``poll``; the records to write now (all of them when the batch is full or old enough)."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._pending:
+                self._oldest = now
+            self._pending[poll.outcome.source] = poll
+            if len(self._pending) < self.batch and now - self._oldest < self.max_delay:
+                return []
+            return self._take()
+
+    def holds(self, name: str) -> bool:
+        return name in self._pending
+
+    def unwritten(self) -> set[str]:
+        """The sources whose records are not in the store yet (held, or being written)."""
+        with self._lock:
+            return {*self._pending, *self._writing}
+
+    def take(self) -> list[store.UnchangedPoll]:
+        """The records held, to be written now; then call ``written`` with them."""
+        with self._lock:
+            return self._take()
+
+    def written(self, polls: Sequence[store.UnchangedPoll]) -> None:
+        """``polls`` (from ``take`` or ``add``) are committed, or given up on."""
+        with self._lock:
+            for poll in polls:
+                left = self._writing.pop(poll.outcome.source, 1) - 1
+                if left:
+                    self._writing[poll.outcome.source] = left
+
+    def _take(self) -> list[store.UnchangedPoll]:
+        taken = list(self._pending.values())
+        self._pending.clear()
+        for poll in taken:
+            self._writing[poll.outcome.source] = self._writing.get(poll.outcome.source, 0) + 1
+        return taken
 
 
 @dataclass(frozen=True)
@@ -57,6 +114,8 @@ class Context:
     on_topics_changed: Callable[[Sequence[str]], None] | None = None
     stories: StoryParams = field(default_factory=StoryParams)  # syndication and story thresholds
     stages: Stages = field(default_factory=Stages)  # parse and write concurrency, the parse pool
+    unchanged: UnchangedPolls = field(default_factory=UnchangedPolls)  # unchanged polls not yet written
+    posting_times: store.PostingTimes = field(default_factory=store.PostingTimes)  # read once per body
 
     @classmethod
     def build(
@@ -67,7 +126,10 @@ class Context:
         fetch: Fetcher,
         on_topics_changed: Callable[[Sequence[str]], None] | None = None,
         stages: Stages | None = None,
+        unchanged_batch: int = 1,
     ) -> Context:
+        """``unchanged_batch`` > 1: unchanged polls are recorded that many at a time (UnchangedPolls;
+        the caller then calls ``flush_unchanged`` when its polls are done)."""
         return cls(
             sources={s.name: s for s in sources},
             topics=topics,
@@ -76,6 +138,7 @@ class Context:
             matchers={t.name: TopicMatcher(t) for t in topics},
             on_topics_changed=on_topics_changed,
             stages=stages or Stages(),
+            unchanged=UnchangedPolls(unchanged_batch),
         )
 
 
@@ -83,9 +146,11 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
     """Fetch, parse, normalize and store one source; record the outcome on it."""
     source = ctx.sources[name]
     started = time.monotonic()
+    if ctx.unchanged.holds(name):  # its previous poll is not written yet: write it first
+        flush_unchanged(ctx)
     try:
         with _engine(ctx).connect() as c:  # a Core connection: no Session per poll
-            state, stored = store.poll_inputs(c, name)  # read here, so a 304 only writes
+            state, stored = store.poll_inputs(c, name, ctx.posting_times)  # so a 304 only writes
     except SQLAlchemyError as e:  # the database is away: nothing was fetched; polled again when due
         message = f"source {name!r}: store: cannot read the source's state: {store.db_problem(e)}"
         log.error("%s; polled again when its lease ends", message)
@@ -93,11 +158,13 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
     try:
         result = ctx.fetch(source, state)
         if result.not_modified or _same_body(result, state):
-            with ctx.stages.write:
-                return _not_modified(ctx, source, result, state, stored, started, now)
+            return _not_modified(ctx, source, result, state, stored, started, now)
         with ctx.stages.parse:
             content_type = result.headers.get("content-type")
-            meta, items, problem = ctx.stages.run(source, result.body, result.url, content_type, now)
+            known = partial(_raw_hashes, ctx, name)
+            meta, items, same, problem = ctx.stages.run(
+                source, result.body, result.url, content_type, now, known
+            )
     except AggregatorError as e:
         status, retry_after = getattr(e, "status", None), getattr(e, "retry_after", None)
         with ctx.stages.write:
@@ -108,10 +175,21 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
         with ctx.stages.write:
             return _failed(ctx, source, state, started, now, message, None)
     return _retried(
-        partial(_store, ctx, source, result, state, meta, items, problem, started, now),
+        partial(_store, ctx, source, result, state, meta, items, same, problem, started, now),
         partial(_store_failed, ctx, source, state, started, now, http_status=result.status),
         name,
     )
+
+
+def _raw_hashes(ctx: Context, name: str, keys: Sequence[str]) -> dict[str, str | None]:
+    """The raw hashes stored under ``keys`` (the parse stage normalizes only the other entries); the
+    database being away here is no reason to fail: then every entry is normalized."""
+    try:
+        with _engine(ctx).connect() as c:
+            return store.raw_hashes(c, name, keys)
+    except SQLAlchemyError as e:
+        log.warning("source %r: store: cannot read the stored entries' hashes: %s", name, store.db_problem(e))
+        return {}
 
 
 def _retried(
@@ -155,33 +233,38 @@ def _store(
     state: FetchState | None,
     meta: FeedMeta,
     items: list[Item],
+    same: int,
     problem: str | None,
     started: float,
     now: datetime,
 ) -> PollOutcome:
+    """Store a parsed document: ``items`` normalized, ``same`` more entries stored before unchanged."""
     gained: set[str] = set()
     with ctx.stages.write, ctx.sessions.begin() as s:  # the WebSub ping below runs outside both
         distinct = disambiguate(items, store.item_urls(s, source.name, repeated_keys(items)))
         saved = store.save_items(s, source.name, distinct, now)
         store.link_items(s, saved.new, saved.updated, now, ctx.stories)
         match_items(ctx, s, saved.new, saved.updated, now, gained)
-        due = _plan(s, source, now, headers=result.headers, meta=meta)
+        stored = store.schedule_inputs(s, source.name)  # with this poll's items
+        due = _plan(s, source, now, headers=result.headers, meta=meta, stored=stored)
         outcome = PollOutcome(
             source.name,
             "updated" if saved.new or saved.updated else "unchanged",
             due.at,
             http_status=result.status,
-            entries=len(items),
+            entries=len(items) + same,
             new=len(saved.new),
             updated=len(saved.updated),
             problem=problem,
             duration=time.monotonic() - started,
             bytes=len(result.body),
-            unchanged=saved.unchanged,
+            unchanged=saved.unchanged + same,
             due_reason=due.reason,
         )
         validators, moved = _validators(result, state, source, _hash(result.body))
         store.record_poll(s, outcome, now=now, state=validators, meta=meta, url_reason=moved)
+    if stored.source_id is not None:  # the next unchanged re-poll needs no read of these
+        ctx.posting_times.put(stored.source_id, validators.body_hash, stored.published)
     _log(outcome)
     notify_topics(ctx, gained)
     return outcome
@@ -290,7 +373,7 @@ def _same_body(result: FetchResult, state: FetchState | None) -> bool:
 
 
 def _plan(
-    s: Session | Connection,
+    s: Session | Connection | None,
     source: Source,
     now: datetime,
     *,
@@ -302,7 +385,10 @@ def _plan(
 ) -> Due:
     """Gather the scheduling inputs (this poll's hints, the stored feed hints and posting times: read
     now unless ``stored`` has them already)."""
-    stored = stored or store.schedule_inputs(s, source.name)
+    if stored is None:
+        if s is None:
+            raise TypeError("pipeline: _plan needs a connection or the stored schedule inputs")
+        stored = store.schedule_inputs(s, source.name)
     max_age, expires = http_hints(headers or {}, now)
     hints = Hints(
         ttl=meta.ttl if meta else stored.ttl,
@@ -402,24 +488,77 @@ def _not_modified(
     started: float,
     now: datetime,
 ) -> PollOutcome:
-    """A 304, or a body identical to the last one: validators and schedule updated, nothing parsed
-    (one Core transaction: the most frequent poll of all pays no Session)."""
-    with _engine(ctx).begin() as s:
-        due = _plan(s, source, now, headers=result.headers, stored=stored)
-        outcome = PollOutcome(
-            source.name,
-            "not_modified" if result.not_modified else "unchanged",
-            due.at,
-            http_status=result.status,
-            duration=time.monotonic() - started,
-            bytes=len(result.body),
-            due_reason=due.reason,
-        )
-        body_hash = state.body_hash if state else None
-        validators, moved = _validators(result, state, source, body_hash)
-        store.record_poll(s, outcome, now=now, state=validators, url_reason=moved)
+    """A 304, or a body identical to the last one: validators and schedule updated, nothing parsed.
+    Recorded with other unchanged polls (``ctx.unchanged``), or at once when that batch is 1."""
+    due = _plan(None, source, now, headers=result.headers, stored=stored)
+    outcome = PollOutcome(
+        source.name,
+        "not_modified" if result.not_modified else "unchanged",
+        due.at,
+        http_status=result.status,
+        duration=time.monotonic() - started,
+        bytes=len(result.body),
+        due_reason=due.reason,
+    )
+    if stored.source_id is not None:  # else the source is no longer in the store: nothing to record
+        validators, moved = _validators(result, state, source, state.body_hash if state else None)
+        poll = store.UnchangedPoll(stored.source_id, outcome, now, validators, moved)
+        if ctx.unchanged.batch > 1:
+            _write_unchanged(ctx, ctx.unchanged.add(poll), taken=True)
+        else:
+            _write_unchanged(ctx, [poll])
     _log(outcome)
     return outcome
+
+
+def flush_unchanged(ctx: Context, s: Session | Connection | None = None) -> int:
+    """Write the unchanged polls ``ctx.unchanged`` still holds (in ``s``'s transaction when given: the
+    caller's failure then loses them, which costs re-polls when their leases end); how many."""
+    polls = ctx.unchanged.take()
+    if s is None:
+        _write_unchanged(ctx, polls, taken=True)
+        return len(polls)
+    try:
+        store.record_unchanged(s, polls)
+    finally:
+        ctx.unchanged.written(polls)
+    return len(polls)
+
+
+def _write_unchanged(ctx: Context, polls: Sequence[store.UnchangedPoll], *, taken: bool = False) -> None:
+    """One transaction for ``polls`` (``taken`` from ``ctx.unchanged``); one that lost SQLite's write lock
+    is redone; a failure is logged in one line: those sources keep their leases and are polled again
+    when the leases end."""
+    if not polls:
+        return
+    try:
+        _write_polls(ctx, polls)
+    finally:
+        if taken:
+            ctx.unchanged.written(polls)
+
+
+def _write_polls(ctx: Context, polls: Sequence[store.UnchangedPoll]) -> None:
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            with ctx.stages.write, _engine(ctx).begin() as c:
+                store.record_unchanged(c, polls)
+            return
+        except OperationalError as e:
+            if attempt < STORE_ATTEMPTS and "locked" in str(e):
+                time.sleep(0.2 * attempt)
+                continue
+            error: Exception = e
+        except SQLAlchemyError as e:
+            error = e
+        names = ", ".join(repr(p.outcome.source) for p in polls)
+        log.error(
+            "store: could not record %d unchanged poll(s) (source %s): %s; polled again when the lease ends",
+            len(polls),
+            names,
+            store.db_problem(error),
+        )
+        return
 
 
 def _engine(ctx: Context) -> Engine:
@@ -431,10 +570,13 @@ def _engine(ctx: Context) -> Engine:
 
 
 def _log(outcome: PollOutcome) -> None:
+    """Failures as warnings, polls that stored something as info; an unchanged poll (304 or the same
+    body: the bulk of a worker's polls) only at debug level (``sources --history`` shows every poll)."""
     if not outcome.ok:
         log.warning("%s", outcome.error)
         return
-    log.info(
+    log.log(
+        logging.INFO if outcome.status == "updated" else logging.DEBUG,
         "source %r: %s (HTTP %s): %d entries, %d new, %d updated in %.2f s%s",
         outcome.source,
         outcome.status,

@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from aggregator.model import FeedMeta, Source
 
@@ -81,13 +82,22 @@ def _after_error(source: Source, now: datetime, errors: int, retry_after: dateti
 
 def _adaptive(source: Source, published: Sequence[datetime]) -> tuple[timedelta, str] | None:
     """Poll about twice per observed posting gap, within ADAPTIVE_RANGE of the configured interval."""
+    found = _median_gap(tuple(published))
+    if found is None:
+        return None
+    gap, gaps = found
+    wait = min(max(gap / 2, source.interval / ADAPTIVE_RANGE), source.interval * ADAPTIVE_RANGE)
+    return wait, f"adaptive: posts every ~{fmt(gap)} (median of {gaps} gaps)"
+
+
+@lru_cache(maxsize=1024)  # the same posting times come back at every unchanged re-poll of a source
+def _median_gap(published: tuple[datetime, ...]) -> tuple[timedelta, int] | None:
+    """The median gap between the ADAPTIVE_POSTS latest distinct posting times, and how many gaps."""
     times = sorted(set(published), reverse=True)[:ADAPTIVE_POSTS]
     gaps = [a - b for a, b in itertools.pairwise(times) if a > b]
     if len(gaps) < ADAPTIVE_MIN_GAPS:
         return None
-    gap = statistics.median_low(gaps)
-    wait = min(max(gap / 2, source.interval / ADAPTIVE_RANGE), source.interval * ADAPTIVE_RANGE)
-    return wait, f"adaptive: posts every ~{fmt(gap)} (median of {len(gaps)} gaps)"
+    return statistics.median_low(gaps), len(gaps)
 
 
 def _publisher_floor(hints: Hints) -> tuple[timedelta, str] | None:
@@ -164,10 +174,11 @@ def http_hints(headers: Mapping[str, str], now: datetime) -> tuple[timedelta | N
         return None, None
     match = _MAX_AGE.search(control)
     max_age = timedelta(seconds=min(int(match[1]), 10**8)) if match else None
-    expires_at = _http_date(headers.get("expires", ""))
+    expires_at = _http_date(headers["expires"]) if "expires" in headers else None
+    if expires_at is None:
+        return max_age, None
     date = _http_date(headers.get("date", "")) or now
-    expires = expires_at - date if expires_at is not None and expires_at > date else None
-    return max_age, expires
+    return max_age, expires_at - date if expires_at > date else None
 
 
 def hints_for(

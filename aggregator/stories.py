@@ -300,6 +300,25 @@ def terms_similarity(a: Terms, b: Terms, params: StoryParams) -> float:
     return title
 
 
+def similar_titles(
+    a: frozenset[str], others: Iterable[tuple[int, frozenset[str]]], params: StoryParams
+) -> list[int]:
+    """The ids of ``others`` (id, title terms) whose ``title_similarity`` with ``a`` reaches
+    ``story_threshold``: the first test of every story candidate, so the same formula inlined for many
+    candidates at once (tests/test_stories.py checks that it agrees with title_similarity)."""
+    threshold, need, bonus, size = params.story_threshold, params.story_min_shared, params.story_bonus, len(a)
+    found = []
+    for other_id, b in others:
+        shared = len(a & b)
+        if shared < min(need, size, len(b)):
+            sim = 0.0
+        else:
+            sim = min(1.0, shared / min(size, len(b)) + (bonus if shared >= 3 else 0.0))
+        if sim >= threshold:
+            found.append(other_id)
+    return found
+
+
 def title_similarity(a: frozenset[str], b: frozenset[str], params: StoryParams) -> float:
     """The title half of ``terms_similarity`` (an upper bound of it, and a cheap first test): the share
     of the shorter title's terms in common, plus ``story_bonus`` when three or more are (measured on the

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator import publish, store
+from aggregator import metrics, publish, store
 from aggregator.model import Topic
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ CACHE_ENTRIES = 1024  # rendered pages kept per process; all are dropped when fu
 GZIP_LEVEL = 6  # each rendered page is compressed once, for the clients that accept gzip
 REVALIDATE = publish.REVALIDATE  # seconds a topic's state is trusted before the store is asked again
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+INLINE_MARGIN = 0.05  # seconds of validity a state must have left for a request to be called in-memory
+ZERO_COPY = 16384  # bodies from this size are handed to the server's environ["aggregator.body"], if any
+REFRESH_AHEAD = 0.25  # seconds before its expiry a state in use is read again in the background
 
 LABELS = {"rss": "RSS", "atom": "Atom", "json": "JSON Feed"}
 
@@ -68,6 +71,7 @@ class _States:
         self._revalidate = revalidate
         self._known: dict[str, tuple[float, store.TopicState]] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._refreshing: set[str] = set()  # topics whose state is being read ahead
 
     def get(self, name: str) -> store.TopicState:
         known = self._known.get(name)
@@ -82,6 +86,31 @@ class _States:
                 state = store.topic_state(s, name)
             self.offer(name, started, state)
             return state
+
+    def peek(self, name: str, margin: float) -> store.TopicState | None:
+        """The state ``get`` would return without the store for at least ``margin`` more seconds, or
+        None. Within REFRESH_AHEAD seconds of its expiry a state is read again in the background, so a
+        busy topic's requests keep being answered from memory."""
+        known = self._known.get(name)
+        if known is None:
+            return None
+        age = time.monotonic() - known[0]
+        ahead = self._revalidate > REFRESH_AHEAD and age >= self._revalidate - REFRESH_AHEAD
+        if ahead and name not in self._refreshing:
+            self._refreshing.add(name)
+            threading.Thread(target=self._refresh, args=(name,), name=f"state-{name}", daemon=True).start()
+        return known[1] if age < self._revalidate - margin else None
+
+    def _refresh(self, name: str) -> None:
+        try:
+            started = time.monotonic()
+            with self._sessions() as s:
+                state = store.topic_state(s, name)
+            self.offer(name, started, state)
+        except SQLAlchemyError as e:  # the next request past the expiry reads it and answers 503
+            log.debug("web: topic %s: the store cannot be read ahead: %s", name, store.db_problem(e))
+        finally:
+            self._refreshing.discard(name)
 
     def offer(self, name: str, started: float, state: store.TopicState) -> None:
         """Keep a state read that began at ``started`` unless a later read is known."""
@@ -121,6 +150,16 @@ class _Feeds:
             return None
         hit = self._cache.get((name, fmt, page))
         return hit if hit is not None and hit.state == self.states.get(name) else None
+
+    def in_memory(self, method: str, path: str, query: str) -> bool:
+        """Whether the fast path answers this request from memory, without reading the store for the
+        next INLINE_MARGIN seconds (the server may then answer it in its event-loop thread)."""
+        if method not in ("GET", "HEAD") or not path.startswith("/topics/"):
+            return False
+        name, _, fmt = path[8:].rpartition(".")
+        page = 1 if not query else _PAGES.get(query)
+        hit = self._cache.get((name, fmt, page)) if page else None
+        return hit is not None and hit.state == self.states.peek(name, INLINE_MARGIN)
 
     def get(self, name: str, fmt: str, page: int) -> _Rendered:
         """The current page, rendered when needed; _NoSuchPage when the topic has fewer pages."""
@@ -254,6 +293,12 @@ def create_app(
             return {"status": "error", "error": f"store: {type(e).__name__}"}, 503
         return {"status": "ok"}, 200
 
+    registry = metrics.make_registry(sessions, topics)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.exposition(registry), content_type=metrics.CONTENT_TYPE)
+
     @app.get("/topics/<name>")
     def topic_page(name: str) -> str:
         topic = by_name.get(name) or abort(404, f"unknown topic {name!r}")
@@ -282,7 +327,14 @@ def create_app(
         return Response(body, status=status, headers=headers)
 
     app.wsgi_app = _fast_path(feeds, app.wsgi_app)  # type: ignore[method-assign,assignment]
+    app.extensions["aggregator.in_memory"] = feeds.in_memory
     return app
+
+
+def in_memory(app: Flask) -> Callable[[str, str, str], bool]:
+    """The app's test for requests it answers from memory: (method, path, query string) -> bool."""
+    test: Callable[[str, str, str], bool] = app.extensions["aggregator.in_memory"]
+    return test
 
 
 def _fast_path(feeds: _Feeds, flask_app: WSGIApplication) -> WSGIApplication:
@@ -302,7 +354,8 @@ def _fast_path(feeds: _Feeds, flask_app: WSGIApplication) -> WSGIApplication:
             if rendered is not None:
                 status, headers, body = _answer(rendered, environ)
                 start_response(status, headers)
-                return [body]
+                send = environ.get("aggregator.body")  # aggregator.httpd: sent without a copy
+                return send(body) if send is not None and len(body) >= ZERO_COPY else [body]
         return flask_app(environ, start_response)
 
     return app

@@ -16,10 +16,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from aggregator import store
 from aggregator.model import PollOutcome
-from aggregator.pipeline import Context, poll_source
+from aggregator.pipeline import Context, flush_unchanged, poll_source
 from aggregator.schedule import CLAIM_LEASE
 
 log = logging.getLogger(__name__)
+PRUNE_EVERY = timedelta(hours=6)  # how often a worker applies retention.days
 
 
 class Worker:
@@ -39,8 +40,11 @@ class Worker:
         batch: int | None = None,
         per_host: int | None = None,
         owner: str | None = None,
+        retention: timedelta | None = None,
+        prune_every: timedelta = PRUNE_EVERY,
     ) -> None:
         self.ctx = ctx
+        self.retention, self.prune_every = retention, prune_every
         self.tick = tick
         self.clock = clock
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="poll")
@@ -53,6 +57,9 @@ class Worker:
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
+        self._dispatching = False  # a dispatch is running: a wake-up asks it for one more round
+        self._again = False  # a poll finished during the running dispatch: look again before ending
+        self._woken = False  # the dispatch job has been asked to run now and has not started yet
         self.polls = 0
         self.done = threading.Event()  # set whenever a poll finishes (tests wait on it)
 
@@ -66,8 +73,35 @@ class Worker:
             max_instances=1,
             coalesce=True,
         )
+        if self.retention is not None:  # the first prune a minute after the start, then every prune_every
+            self.scheduler.add_job(
+                self.prune,
+                "interval",
+                seconds=self.prune_every.total_seconds(),
+                next_run_time=self.clock() + timedelta(minutes=1),
+                id="prune",
+                max_instances=1,
+                coalesce=True,
+            )
         self.scheduler.start()
         log.info("worker started: %d sources, checking every %.0f s", len(self.ctx.sources), self.tick)
+
+    def prune(self) -> int:
+        """Delete the items older than ``retention`` (what ``python run.py prune`` does); each leaves a
+        tombstone. Several workers may prune at once: the second finds nothing left. Returns the number
+        of items deleted (0 when the database cannot be reached: the next run tries again)."""
+        if self.retention is None:
+            return 0
+        now = self.clock()
+        try:
+            with self.ctx.sessions.begin() as s:
+                result = store.prune_items(s, now - self.retention, now)
+        except Exception as e:
+            log.warning("worker: could not prune old items (%s); trying again later", store.db_problem(e))
+            return 0
+        if result.items:
+            log.info("worker: pruned %d items older than %s (retention.days)", result.items, self.retention)
+        return result.items
 
     def dispatch(self) -> list[str]:
         """Claim what is due and hand it to the pool: up to ``backlog`` sources (twice as many as
@@ -75,7 +109,20 @@ class Worker:
         work at once; a source already in flight is never handed out again. The same transaction
         releases this worker's leases that no poll holds any more (a poll that could not record its
         outcome): those sources are due and are claimed again. A claim that fails (the database is
-        unreachable) is logged and tried again at the next tick. Returns the names dispatched."""
+        unreachable) is logged and tried again at the next tick. Returns the names dispatched.
+        Wake-ups while it runs make it look again before it ends (one dispatch runs at a time)."""
+        with self._lock:
+            self._dispatching, self._woken = True, False
+        dispatched: list[str] = []
+        while True:
+            dispatched += self._dispatch_once()
+            with self._lock:
+                if not self._again:
+                    self._dispatching = False
+                    return dispatched
+                self._again = False
+
+    def _dispatch_once(self) -> list[str]:
         if self._stopping.is_set():
             return []
         with self._lock:
@@ -85,7 +132,8 @@ class Worker:
             return []
         try:
             with self.ctx.sessions.begin() as s:
-                store.release_leases(s, self.owner, keep=busy)
+                flush_unchanged(self.ctx, s)  # the unchanged polls not written yet: this commit ends them
+                store.release_leases(s, self.owner, keep=busy | self.ctx.unchanged.unwritten())
                 claimed_at = self.clock()
                 names = store.claim_due_sources(
                     s, claimed_at, lease=self.lease, limit=free, owner=self.owner, per_host=self.per_host
@@ -147,9 +195,17 @@ class Worker:
             log.error("worker: poll of %r crashed", name, exc_info=future.exception())
 
     def _wake(self) -> None:
-        """A thread has nothing queued: look for due sources now instead of at the next tick."""
+        """A thread has nothing queued: look for due sources now instead of at the next tick (once: a
+        running dispatch looks again, a requested one is still to come)."""
         if not self.scheduler.running:
             return
+        with self._lock:
+            if self._dispatching:
+                self._again = True
+                return
+            if self._woken:
+                return
+            self._woken = True
         try:
             self.scheduler.modify_job("dispatch", next_run_time=datetime.now(UTC))
         except Exception:  # stopping, or the job is gone: the next tick (if any) will do
@@ -163,6 +219,7 @@ class Worker:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.pool.shutdown(wait=True)
+        flush_unchanged(self.ctx)
         self.release()
         log.info("worker stopped")
 

@@ -9,7 +9,10 @@ requests are in flight. Per phase and side: wall seconds, entries/s (entries in 
 corpus / wall), CPU ms per feed (CPU time of the child and its pool processes: every thread, not the
 server), peak RSS (the sum of VmRSS of the child and its descendants, sampled every 20 ms, or the
 child's own ru_maxrss if higher: shared pages count once per process, so this is an upper bound); and
-the ratios reader/project of wall time and of CPU (higher is better for the project).
+the ratios reader/project of wall time and of CPU (higher is better for the project). The project's
+schema is created by `run.py db upgrade` in a process of its own before the child polls (Alembic, loaded
+only to migrate, is no part of a worker started on a current database), so the child holds what a
+worker holds.
 
     .venv/bin/python bench/ingest.py                 # N=200, latency 0 and 50 ms
     .venv/bin/python bench/ingest.py --quick         # N=40, latency 0 ms
@@ -44,6 +47,7 @@ from server import Corpus, CorpusServer, Synthetic
 PHASES = ("cold", "unchanged 304", "unchanged, no validators", "advanced")
 SIDES = ("project", "reader")
 MARK = "@@bench "  # prefix of the child's result lines on stdout
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: run.py
 
 
 # --- the parent: server, children, table -------------------------------------------------------------
@@ -240,7 +244,7 @@ def project_side(feeds: int, ports: list[int], threads: int, work: Path, process
     from aggregator.cli import open_app
     from aggregator.config import load_config
     from aggregator.model import PollOutcome
-    from aggregator.pipeline import poll_source
+    from aggregator.pipeline import flush_unchanged, poll_source
 
     logging.getLogger("aggregator").setLevel(logging.CRITICAL)  # failures: one line each, below
     work.mkdir(parents=True, exist_ok=True)
@@ -260,6 +264,10 @@ def project_side(feeds: int, ports: list[int], threads: int, work: Path, process
     ]
     path = work / "bench.yaml"
     path.write_text("\n".join(lines) + "\n")
+    # the schema is created by `db upgrade` in its own process, as an operator's first step: Alembic
+    # (loaded only to migrate) stays out of the measured process, like a worker started on a current store
+    upgrade = [sys.executable, str(ROOT / "run.py"), "db", "upgrade", "--config", str(path)]
+    subprocess.run(upgrade, check=True, stdout=subprocess.DEVNULL)
     app = open_app(load_config(path))
     names = list(app.ctx.sources)
 
@@ -269,6 +277,7 @@ def project_side(feeds: int, ports: list[int], threads: int, work: Path, process
         else:
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 outcomes = list(pool.map(one, names))
+        flush_unchanged(app.ctx)  # as cli.poll_many: the unchanged polls still held are written
         return sum(o.new for o in outcomes), sum(o.updated for o in outcomes), sum(not o.ok for o in outcomes)
 
     def one(name: str) -> PollOutcome:

@@ -105,10 +105,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(work: Path, config: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(work: Path, config: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     served = work / f"serve-{port}.yaml"
-    server = f"server: {{host: 127.0.0.1, port: {port}, base_url: http://127.0.0.1:{port}}}\n"
+    server = (
+        f"server: {{host: 127.0.0.1, port: {port}, base_url: 'http://127.0.0.1:{port}', "
+        f"processes: {args.processes}, threads: {args.server_threads}}}\n"
+    )
     served.write_text(server + config.read_text(encoding="utf-8"), "utf-8")
     log = (work / "serve.log").open("wb")
     proc = subprocess.Popen(
@@ -128,9 +131,21 @@ def start_server(work: Path, config: Path) -> tuple[subprocess.Popen[bytes], str
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all threads (from /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of a process and its children (the web processes), all threads, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [
+            int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()
+        ]
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total + sum(cpu_seconds(child) for child in children)
+
+
+def load_average() -> str:
+    """The 1-minute load average (other work on the machine skews every figure)."""
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 KINDS = {  # row kind -> request headers ({etag}: the feed's current ETag)
@@ -205,7 +220,9 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     print(
         f"\nwrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.feeds} feeds; "
-        f"server: python run.py serve ({os.cpu_count()} cores, shared)"
+        f"server: python run.py serve, processes: {args.processes or 'one per CPU'}, "
+        f"threads: {args.server_threads} ({os.cpu_count()} cores, shared; load average before/after: "
+        f"{args.load_before}/{args.load_after})"
     )
     for n, line in enumerate(table):
         print(
@@ -225,6 +242,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--topics", nargs="*", default=["everything", "stories"], help="topics to load")
     p.add_argument("--database", help="SQLAlchemy URL (default: a SQLite file in the work folder)")
+    p.add_argument("--processes", type=int, default=0, help="server.processes (default 0: one per CPU)")
+    p.add_argument("--server-threads", type=int, default=8, help="server.threads (default 8)")
     p.add_argument("--quick", action="store_true", help="20 feeds, 2 s per row, one topic")
     p.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
     p.add_argument("--reuse", type=Path, help="a work folder kept by --keep: skip building the store")
@@ -241,7 +260,8 @@ def main() -> None:
         else:
             config = write_store(work, args.feeds, args.database or f"sqlite:///{work / 'store.db'}")
             print(f"store: {args.feeds} feeds fetched in {time.perf_counter() - started:.1f} s ({work})")
-        proc, base = start_server(work, config)
+        proc, base = start_server(work, config, args)
+        args.load_before = load_average()
         try:
             rows = [
                 measure(proc.pid, f"{base}/topics/{topic}.{fmt}", kind, args)
@@ -249,6 +269,7 @@ def main() -> None:
                 for fmt in FORMATS
                 for kind in KINDS
             ]
+            args.load_after = load_average()
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -434,3 +434,69 @@ def test_environment_proxies_followed_as_they_change(
         monkeypatch.delenv("HTTP_PROXY")
         assert fetch(session, src(url)).body == FEED
     assert len(proxy.log) == 1 and len(httpserver.log) == 3
+
+
+# --- the direct path: plain GETs go through the adapter's pool, not Session.request -----------------
+
+
+def test_plain_gets_bypass_session_request_and_keep_every_header(
+    httpserver: HTTPServer, session: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a proxy or netrc credentials a GET skips requests' per-request preparation, yet sends
+    what requests would: the session's own headers, the source's, its credentials and validators."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+    def not_used(*args: object, **kwargs: object) -> requests.Response:
+        raise AssertionError("Session.request called")
+
+    monkeypatch.setattr(requests.Session, "request", not_used)
+    session.headers["X-Team"] = "polling"
+    httpserver.expect_ordered_request("/feed").respond_with_data(FEED, headers={"ETag": '"v1"'})
+    httpserver.expect_ordered_request("/feed").respond_with_data("", status=304)
+    source = src(httpserver.url_for("/feed"), auth=("u", "p"), headers=(("X-Token", "abc"),))
+    first = fetch(session, source)
+    second = fetch(session, source, FetchState(first.url, first.etag))
+    assert (first.status, first.body, first.etag, second.status, second.etag) == (
+        200,
+        FEED,
+        '"v1"',
+        304,
+        '"v1"',
+    )
+    (one, _), (two, _) = httpserver.log
+    for request in (one, two):
+        assert request.headers["X-Team"] == "polling" and request.headers["X-Token"] == "abc"
+        assert request.headers["Authorization"] == "Basic dTpw"  # u:p
+        assert request.headers["User-Agent"] == DEFAULT_USER_AGENT
+    assert "If-None-Match" not in one.headers and two.headers["If-None-Match"] == '"v1"'
+
+
+def test_netrc_credentials_still_apply(
+    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """requests adds ~/.netrc credentials for the host; such a host keeps requests' own path."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine localhost login user password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    httpserver.expect_request("/feed").respond_with_data(FEED)
+    session = make_session()
+    try:
+        assert fetch(session, src(httpserver.url_for("/feed"))).body == FEED
+    finally:
+        session.close()
+    request, _ = httpserver.log[0]
+    assert request.headers["Authorization"] == "Basic dXNlcjpzZWNyZXQ="  # user:secret
+
+
+def test_an_invalid_header_value_is_one_fetch_error(
+    httpserver: HTTPServer, session: requests.Session
+) -> None:
+    httpserver.expect_request("/feed").respond_with_data(FEED)
+    source = src(httpserver.url_for("/feed"), headers=(("X-Bad", "a\r\nInjected: 1"),))
+    with pytest.raises(FetchError) as caught:
+        fetch(session, source)
+    message = str(caught.value)
+    assert message.startswith("source 'bbc': request failed: ") and "\n" not in message
+    assert httpserver.log == []  # nothing was sent

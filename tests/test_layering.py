@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "parse": {"aggregator.model", "aggregator.errors", "aggregator.fastparse", "feedparser"},
     "fastparse": {"aggregator.model", "fastfeedparser", "lxml"},
     "publish": {"aggregator.model", "aggregator.errors", "feedgen", "lxml"},
+    "opml": {"aggregator.model", "aggregator.errors", "aggregator.config", "yaml", "lxml"},
 }
 NOBODY_IMPORTS = {"aggregator.cli", "aggregator.worker", "aggregator.web"}
 ONLY_IN = {"requests": "fetch", "feedparser": "parse", "feedgen": "publish", "apscheduler": "worker"}

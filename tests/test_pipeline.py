@@ -21,6 +21,8 @@ import pytest
 import requests
 from conftest import REAL, FeedServer, free_port
 from pytest_httpserver import HTTPServer
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import aggregator.pipeline
@@ -30,8 +32,16 @@ from aggregator.fetch import fetch, make_session
 from aggregator.model import FetchResult, FetchState, Item, PollOutcome, RawEntry, Source, StoredItem, Topic
 from aggregator.normalize import normalize_entry
 from aggregator.parse import parse_feed
-from aggregator.pipeline import Context, backfill_topics, poll_source, topic_definitions
+from aggregator.pipeline import (
+    Context,
+    UnchangedPolls,
+    backfill_topics,
+    flush_unchanged,
+    poll_source,
+    topic_definitions,
+)
 from aggregator.stages import Stages, limit_malloc_arenas, parse_document
+from aggregator.store.tables import SourceRow
 
 NOW = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)  # after every capture in the corpus
 HOUR = timedelta(hours=1)
@@ -649,3 +659,126 @@ def test_malloc_arenas_are_capped_unless_the_environment_says(monkeypatch: pytes
     assert limit_malloc_arenas() is True  # glibc (Debian): mallopt(M_ARENA_MAX, 2) accepted
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False  # the operator's setting wins
+
+
+# --- unchanged polls: write-behind and the posting times read once per body ------------------------
+
+
+def _history(sessions: sessionmaker[Session], name: str) -> list[tuple[str, datetime]]:
+    with sessions.begin() as s:
+        return [(h.status, h.at) for h in store.poll_history(s, name)]
+
+
+def _lease_owner(sessions: sessionmaker[Session], name: str) -> str | None:
+    with sessions.begin() as s:
+        owner: str | None = s.scalar(
+            select(SourceRow.lease_owner).where(SourceRow.name == name)  # the lease column itself
+        )
+        return owner
+
+
+def test_unchanged_polls_are_written_in_batches_in_order_and_flushed(
+    sessions: sessionmaker[Session], http: requests.Session, feed_server: FeedServer, tmp_path: Path
+) -> None:
+    """With unchanged_batch 3: an unchanged poll keeps its source's lease until its record is written
+    with others; a source polled again first has its held record written; flush_unchanged writes the
+    rest; a full batch is written at once."""
+    names = ("a", "b", "c")
+    for name in names:
+        (tmp_path / f"{name}.xml").write_bytes(TINY_FEED)
+        feed_server.routes[f"/{name}.xml"] = tmp_path / f"{name}.xml"
+    sources = [Source(name, feed_server.url(f"/{name}.xml")) for name in names]
+    ctx = replace(open_context(sessions, sources, [], real_fetch(http)), unchanged=UnchangedPolls(3))
+    assert [poll_source(ctx, n, NOW).status for n in names] == ["updated"] * 3  # written at once
+    later = NOW + timedelta(days=2)
+    with sessions.begin() as s:
+        assert sorted(store.claim_due_sources(s, later, lease=HOUR, owner="w1")) == list(names)
+
+    held = poll_source(ctx, "a", later)
+    assert (held.status, held.http_status) == ("not_modified", 304)
+    assert _history(sessions, "a") == [("updated", NOW)] and _lease_owner(sessions, "a") == "w1"
+    assert ctx.unchanged.unwritten() == {"a"}
+
+    poll_source(ctx, "a", later + HOUR)  # "a" again: its held record is written before this poll
+    assert _history(sessions, "a") == [("not_modified", later), ("updated", NOW)]
+    assert _lease_owner(sessions, "a") is None  # the written record ended the lease
+
+    poll_source(ctx, "b", later)
+    assert _history(sessions, "b") == [("updated", NOW)] and _lease_owner(sessions, "b") == "w1"
+    poll_source(ctx, "c", later)  # the third held record: the batch is written
+    assert ctx.unchanged.unwritten() == set()
+    assert _history(sessions, "a")[0] == ("not_modified", later + HOUR)
+    for name in ("b", "c"):
+        assert _history(sessions, name) == [("not_modified", later), ("updated", NOW)]
+        assert _lease_owner(sessions, name) is None
+
+    poll_source(ctx, "c", later + HOUR)
+    assert flush_unchanged(ctx) == 1 and flush_unchanged(ctx) == 0
+    assert _history(sessions, "c")[0] == ("not_modified", later + HOUR)
+    health = {h.name: h for h in store.source_health(sessions())}
+    assert (health["c"].status, health["c"].last_http_status, health["c"].last_fetch) == (
+        "ok",
+        304,
+        later + HOUR,
+    )
+    assert health["c"].next_due is not None and health["c"].next_due > later + HOUR
+
+
+def test_unchanged_polls_that_cannot_be_written_keep_their_leases(
+    sessions: sessionmaker[Session],
+    http: requests.Session,
+    feed_server: FeedServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (tmp_path / "a.xml").write_bytes(TINY_FEED)
+    feed_server.routes["/a.xml"] = tmp_path / "a.xml"
+    ctx = open_context(sessions, [Source("a", feed_server.url("/a.xml"))], [], real_fetch(http))
+    poll_source(ctx, "a", NOW)
+    later = NOW + timedelta(days=2)
+    with sessions.begin() as s:
+        assert store.claim_due_sources(s, later, lease=HOUR, owner="w1") == ["a"]
+
+    def unreachable(*args: object) -> None:
+        raise OperationalError("UPDATE sources", {}, Exception("unable to open database file"))
+
+    monkeypatch.setattr(store, "record_unchanged", unreachable)
+    outcome = poll_source(ctx, "a", later)  # the poll itself went well: its outcome says so
+    assert (outcome.status, outcome.ok) == ("not_modified", True)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert lines == [
+        "store: could not record 1 unchanged poll(s) (source 'a'): Exception: unable to open database "
+        "file; polled again when the lease ends"
+    ]
+    assert all(r.exc_info is None for r in caplog.records)  # one line, no traceback
+    assert _lease_owner(sessions, "a") == "w1" and _history(sessions, "a") == [("updated", NOW)]
+
+
+@needs_corpus
+def test_an_unchanged_re_poll_reads_the_posting_times_once_per_body(
+    sessions: sessionmaker[Session], http: requests.Session, feed_server: FeedServer
+) -> None:
+    """The posting times the scheduler needs are remembered from the poll that stored the items: an
+    unchanged re-poll reads the source row only, and plans as a fresh read would."""
+    ctx = open_context(sessions, [serve(feed_server, "bbc", "bbc-news-2.xml")], [], real_fetch(http))
+    first = poll_source(ctx, "bbc", NOW)
+    with sessions.begin() as s:
+        state, inputs = store.poll_inputs(s, "bbc")
+    assert state is not None and inputs.source_id is not None and len(inputs.published) == 20
+    assert ctx.posting_times.get(inputs.source_id, state.body_hash) == inputs.published
+    statements: list[str] = []
+    engine = sessions.kw["bind"]
+    listen = functools.partial(_record_statement, statements)
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        second = poll_source(ctx, "bbc", NOW + HOUR)
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    assert (second.status, second.due_reason) == ("not_modified", first.due_reason)
+    assert not [q for q in statements if "items.published" in q]
+    assert len([q for q in statements if q.lstrip().upper().startswith("SELECT")]) == 1
+
+
+def _record_statement(statements: list[str], *args: Any) -> None:
+    statements.append(str(args[2]))

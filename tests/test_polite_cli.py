@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pytest_httpserver import HTTPServer
 from runcli import table
+from sqlalchemy import select
 
 from aggregator import cli
 
@@ -82,3 +83,36 @@ def test_sources_history(config: Path, capsys: pytest.CaptureFixture[str]) -> No
     code, out = run(capsys, "sources", "--history", "fine", "--config", str(config))
     assert "│ updated " in out and "│ 1 " in out
     assert run(capsys, "sources", "--history", "nope", "--config", str(config))[0] == 2
+
+
+def test_fetch_all_leaves_alone_a_source_a_worker_is_polling(
+    config: Path, httpserver: HTTPServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from aggregator import store
+    from aggregator.config import load_config
+    from aggregator.store.tables import SourceRow
+
+    assert run(capsys, "fetch", "--source", "fine", "--config", str(config))[0] == 0  # creates the store
+    engine = store.make_engine(load_config(config).database)
+    sessions = store.make_sessionmaker(engine)
+    with sessions.begin() as s:  # a worker elsewhere holds "fine" now
+        leased, busy = store.lease_sources(
+            s, ["fine"], datetime.now(UTC), lease=timedelta(minutes=10), owner="worker@elsewhere"
+        )
+    assert leased == ["fine"] and busy == {}
+    before = [r.path for r, _ in httpserver.log].count("/ok")
+    code, out = run(capsys, "fetch", "--all", "--config", str(config))
+    assert "fine: skipped, a worker is polling it now" in out
+    assert "fine" not in table(out) and "broken" in table(out)
+    assert [r.path for r, _ in httpserver.log].count("/ok") == before + 1  # moved's redirect, not fine
+    code_one, out_one = run(capsys, "fetch", "--source", "fine", "--config", str(config))
+    assert code_one == 0 and "fine: skipped" in out_one and "fine" not in table(out_one)
+    assert [r.path for r, _ in httpserver.log].count("/ok") == before + 1
+    with sessions() as s:  # fetch's own leases are gone, the worker's is untouched
+        owners = {name: owner for name, owner in s.execute(select(SourceRow.name, SourceRow.lease_owner))}
+    engine.dispose()
+    assert owners["fine"] == "worker@elsewhere"
+    assert {owners[n] for n in ("gone", "broken", "moved")} == {None}
+    assert code == 1  # broken failed

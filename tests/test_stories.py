@@ -116,6 +116,20 @@ def test_story_similarity_groups_rewritten_titles_and_rejects_a_shared_date() ->
     assert apart == 0.0
 
 
+@pytest.mark.parametrize("params", [StoryParams(), StoryParams(story_threshold=0.3, story_bonus=0.0)])
+def test_similar_titles_agrees_with_title_similarity(params: StoryParams) -> None:
+    """similar_titles inlines title_similarity for many candidates: the same ids pass, in order."""
+    words = [f"w{i}" for i in range(12)]
+    sets = [frozenset(words[i : i + n]) for i in range(0, 12, 2) for n in (1, 2, 3, 5, 8)]
+    for mine in sets:
+        others = list(enumerate(sets))
+        sims = [(i, stories.title_similarity(mine, b, params)) for i, b in others]
+        expected = [i for i, sim in sims if sim >= params.story_threshold]
+        assert stories.similar_titles(mine, others, params) == expected
+        assert expected  # the set itself passes: the comparison is not vacuous
+    assert len({len(stories.similar_titles(a, list(enumerate(sets)), params)) for a in sets}) > 1
+
+
 # --- through the pipeline --------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -353,3 +354,56 @@ def test_a_store_that_cannot_be_read_is_a_503_even_for_cached_feeds(tmp_path: Pa
         assert response.status_code == 503 and response.headers["Retry-After"] == "5"
         assert "store: the database cannot be read (OperationalError)" in response.get_data(as_text=True)
     engine.dispose()
+
+
+def test_in_memory_names_the_requests_answered_without_the_store(
+    client: FlaskClient, sessions: sessionmaker[Session]
+) -> None:
+    """The server runs these in its event loop: only current cached pages, never a store read."""
+    app = create_app(TOPICS, sessions, "http://x", revalidate=3600)
+    test, c = web.in_memory(app), app.test_client()
+    assert not test("GET", "/topics/war.atom", "")  # not rendered yet
+    assert (
+        c.get("/topics/war.atom").status_code == 200 and c.get("/topics/war.atom?page=2").status_code == 200
+    )
+    assert test("GET", "/topics/war.atom", "") and test("HEAD", "/topics/war.atom", "")
+    assert test("GET", "/topics/war.atom", "page=2") and test("GET", "/topics/war.atom", "page=1")
+    for method, path, query in [
+        ("POST", "/topics/war.atom", ""),
+        ("GET", "/topics/war.rss", ""),  # another format, not rendered
+        ("GET", "/topics/war.atom", "page=3"),
+        ("GET", "/topics/war.atom", "page=x"),
+        ("GET", "/topics/nope.atom", ""),
+        ("GET", "/", ""),
+        ("GET", "/healthz", ""),
+    ]:
+        assert not test(method, path, query), (method, path, query)
+    checking = create_app(TOPICS, sessions, "http://x", revalidate=0)
+    assert checking.test_client().get("/topics/war.atom").status_code == 200
+    assert not web.in_memory(checking)("GET", "/topics/war.atom", "")  # revalidate=0: every request reads
+
+
+def test_a_state_in_use_is_read_again_before_it_expires(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Near its expiry, asking whether a page is in memory reads its topic's state in the background:
+    a change is seen before the state expires (here: 0.5 s into a 10 s validity)."""
+    monkeypatch.setattr(web, "REFRESH_AHEAD", 9.5)
+    with sessions.begin() as s:
+        store.sync_sources(s, [Source("up", "https://up.example/rss")], NOW)
+        store.sync_topics(s, {"war": "1", "empty": "1"})
+    app = create_app(TOPICS, sessions, "http://x", revalidate=10)
+    test, c = web.in_memory(app), app.test_client()
+    before = c.get("/topics/war.json")
+    assert test("GET", "/topics/war.json", "")
+    with sessions.begin() as s:
+        saved = store.save_items(s, "up", [item("a", "Ukraine one", 3)], NOW)
+        store.add_topic_items(s, "war", [i for i, _ in saved.new], NOW)
+    time.sleep(0.6)
+    deadline = time.monotonic() + 8
+    while test("GET", "/topics/war.json", "") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first call started the read; the page is no longer current once it ends
+    assert not test("GET", "/topics/war.json", "")
+    after = c.get("/topics/war.json")
+    assert after.json is not None and [x["title"] for x in after.json["items"]] == ["Ukraine one"]
+    assert after.headers["ETag"] != before.headers["ETag"]

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import functools
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import requests
 from conftest import GateServer
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import store
 from aggregator.fetch import HostLimits, fetch
 from aggregator.model import Source
-from aggregator.pipeline import Context
+from aggregator.pipeline import Context, UnchangedPolls
 from aggregator.schedule import CLAIM_LEASE
+from aggregator.store.tables import SourceRow
 from aggregator.worker import Worker
 
 NOW = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
@@ -41,12 +44,17 @@ def setup(
     return ctx, sources
 
 
-def finish(worker: Worker, polls: int) -> None:
+def finish_polls(worker: Worker, polls: int) -> None:
     for _ in range(500):
         if worker.polls >= polls:
-            break
+            return
         worker.done.wait(0.05)
         worker.done.clear()
+    raise AssertionError(f"only {worker.polls} of {polls} polls finished")
+
+
+def finish(worker: Worker, polls: int) -> None:
+    finish_polls(worker, polls)
     worker.pool.shutdown(wait=True)
 
 
@@ -122,3 +130,72 @@ def test_a_thread_that_frees_up_picks_up_due_sources_before_the_next_tick(
     finally:
         worker.stop()
     assert worker.polls == 7 and sorted(gate.paths) == sorted(f"/feed-{i}" for i in range(7))
+
+
+def test_unchanged_polls_are_written_by_the_next_dispatch_and_keep_their_leases_until_then(
+    sessions: sessionmaker[Session], http: requests.Session, gate: GateServer
+) -> None:
+    """With unchanged polls written in batches, a finished poll's record may wait: its source keeps
+    the lease (not released, not claimed again) until the next dispatch writes it in its own
+    transaction; stop() writes what is left."""
+    gate.gate.set()  # answer at once: the same tiny feed every time (an unchanged body)
+    ctx, _ = setup(sessions, http, gate, count=3, per_host=10)
+    ctx = replace(ctx, unchanged=UnchangedPolls(batch=50))
+    clock = Clock()
+    worker = Worker(ctx, threads=3, clock=clock, owner="w1")
+    assert sorted(worker.dispatch()) == ["s0", "s1", "s2"]
+    finish_polls(worker, 3)  # first polls: stored (written at once)
+    clock.now = NOW + timedelta(days=2)  # all due again
+    assert sorted(worker.dispatch()) == ["s0", "s1", "s2"]
+    finish_polls(worker, 6)  # unchanged: held
+    assert ctx.unchanged.unwritten() == {"s0", "s1", "s2"}
+    with sessions.begin() as s:
+        assert {h.name: len(store.poll_history(s, h.name)) for h in store.source_health(s)} == {
+            "s0": 1,
+            "s1": 1,
+            "s2": 1,
+        }
+        rows = s.execute(select(SourceRow.name, SourceRow.lease_owner)).all()
+        assert sorted(rows) == [("s0", "w1"), ("s1", "w1"), ("s2", "w1")]
+    assert worker.dispatch() == []  # writes the held records: leases end, nothing is due any more
+    assert ctx.unchanged.unwritten() == set()
+    with sessions.begin() as s:
+        statuses = {h.name: [p.status for p in store.poll_history(s, h.name)] for h in store.source_health(s)}
+        assert statuses == {name: ["unchanged", "updated"] for name in ("s0", "s1", "s2")}
+        assert s.execute(select(SourceRow.lease_owner).where(SourceRow.lease_owner.is_not(None))).all() == []
+    clock.now += timedelta(days=2)
+    assert sorted(worker.dispatch()) == ["s0", "s1", "s2"]
+    finish_polls(worker, 9)
+    worker.stop()  # writes the last held records
+    with sessions.begin() as s:
+        assert [len(store.poll_history(s, n)) for n in ("s0", "s1", "s2")] == [3, 3, 3]
+
+
+def test_the_worker_applies_retention_days_on_a_schedule(sessions: sessionmaker[Session]) -> None:
+    from aggregator.model import Item
+
+    source = Source("old", "http://127.0.0.1:9/feed", enabled=False)  # never polled here
+    ctx = Context.build([source], [], sessions, functools.partial(fetch, requests.Session()))
+
+    def item(key: str, days: int) -> Item:
+        when = NOW - timedelta(days=days)
+        return Item("old", key, f"uid-{key}", key, f"<p>{key}</p>", key, when, content_hash=key)
+
+    with sessions.begin() as s:
+        store.sync_sources(s, [source], NOW - timedelta(days=100))
+        store.save_items(s, "old", [item("ancient", 90)], NOW - timedelta(days=90))
+        store.save_items(s, "old", [item("recent", 2)], NOW - timedelta(days=2))
+    worker = Worker(ctx, clock=lambda: NOW, retention=timedelta(days=30), prune_every=timedelta(hours=1))
+    worker.start()
+    try:
+        job = worker.scheduler.get_job("prune")
+        assert job is not None and job.trigger.interval == timedelta(hours=1)
+        assert job.next_run_time > NOW  # not at start: a minute later
+    finally:
+        worker.stop()
+    assert worker.prune() == 1
+    assert worker.prune() == 0  # a second worker pruning at once finds nothing left
+    with sessions() as s:
+        assert [stored.item.key for stored in store.stored_items(s)] == ["recent"]
+        assert store.prune_items(s, NOW, NOW, dry_run=True).tombstones == 1
+    assert Worker(ctx, clock=lambda: NOW).prune() == 0  # no retention: nothing scheduled, nothing deleted

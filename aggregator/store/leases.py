@@ -71,7 +71,7 @@ def claim_due_sources(
     no limit. Rows another transaction holds are skipped (PostgreSQL), not waited for."""
     owner = owner or new_owner("claim")
     query = (
-        select(SourceRow)
+        select(SourceRow.id, SourceRow.name, SourceRow.host)  # no ORM objects: one UPDATE leases them
         .where(SourceRow.enabled, SourceRow.in_config, ~SourceRow.retired, SourceRow.next_due_at <= now)
         .where(_unleased(now))
         .order_by(SourceRow.next_due_at, SourceRow.id)
@@ -89,16 +89,56 @@ def claim_due_sources(
     if s.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     claimed: list[str] = []
-    for row in s.scalars(query):
+    ids: list[int] = []
+    for row in s.execute(query):
         if len(claimed) == limit:
             break
         if per_host is not None and row.host is not None:
             if held.get(row.host, 0) >= per_host:
                 continue
             held[row.host] = held.get(row.host, 0) + 1
-        row.lease_owner, row.lease_expires_at = owner, now + lease
+        ids.append(row.id)
         claimed.append(row.name)
+    if ids:
+        s.execute(
+            update(SourceRow)
+            .where(SourceRow.id.in_(ids))
+            .values(lease_owner=owner, lease_expires_at=now + lease)
+            .execution_options(synchronize_session=False)
+        )
     return claimed
+
+
+def lease_sources(
+    s: Session, names: Collection[str], now: datetime, *, lease: timedelta, owner: str
+) -> tuple[list[str], dict[str, datetime]]:
+    """Lease the named sources to ``owner`` whatever their due time (``fetch --all``/``--source``), except
+    those another owner holds an unexpired lease on (a worker is polling them now). Returns (the names
+    leased, in the given order; name -> lease expiry of those left alone)."""
+    wanted = list(dict.fromkeys(names))
+    query = select(SourceRow.id, SourceRow.name, SourceRow.lease_owner, SourceRow.lease_expires_at).where(
+        SourceRow.name.in_(wanted)
+    )
+    if s.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)  # a row being claimed right now: left alone too
+    free: dict[str, int] = {}
+    busy: dict[str, datetime] = {}
+    for row in s.execute(query):
+        if row.lease_expires_at is not None and row.lease_expires_at > now and row.lease_owner != owner:
+            busy[row.name] = row.lease_expires_at
+        else:
+            free[row.name] = row.id
+    for name in wanted:  # skipped by SKIP LOCKED: another claimer holds the row now
+        if name not in free and name not in busy:
+            busy[name] = now + lease
+    if free:
+        s.execute(
+            update(SourceRow)
+            .where(SourceRow.id.in_(list(free.values())))
+            .values(lease_owner=owner, lease_expires_at=now + lease)
+            .execution_options(synchronize_session=False)
+        )
+    return [n for n in wanted if n in free], busy
 
 
 def leases_per_host(s: Session, now: datetime) -> dict[str, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -152,6 +152,46 @@ def record_poll(
     """Write what one poll learned onto its source row (status, validators, errors, next due time and
     why, a confirmed move, a retirement) and into its bounded poll history: one UPDATE (values that
     depend on the row are SQL expressions), one INSERT and one DELETE."""
+    columns, params = _poll_values(outcome, now, state, meta, url_reason)
+    statement = _source_update(columns, not outcome.ok, state is not None)
+    source_id = _connection(s).execute(statement.returning(SourceRow.id), params).scalar()
+    if source_id is not None:
+        _record_history(s, [(source_id, outcome, now)])
+
+
+@dataclass(frozen=True, slots=True)
+class UnchangedPoll:
+    """A poll that found its document unchanged (a 304, or the body last parsed), to be recorded with
+    others by ``record_unchanged``."""
+
+    source_id: int
+    outcome: PollOutcome
+    now: datetime
+    state: FetchState
+    url_reason: str | None = None
+
+
+def record_unchanged(s: Session | Connection, polls: Sequence[UnchangedPoll]) -> None:
+    """``record_poll`` for many unchanged polls at once: the same columns, each statement executed once
+    for all of them (executemany); each poll ends its source's lease as ``record_poll`` does."""
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for poll in polls:
+        columns, params = _poll_values(poll.outcome, poll.now, poll.state, None, poll.url_reason)
+        shapes.setdefault(columns, []).append(params)
+    connection = _connection(s)
+    for columns, rows in shapes.items():
+        connection.execute(_source_update(columns, False, True), rows)
+    _record_history(connection, [(p.source_id, p.outcome, p.now) for p in polls])
+
+
+def _poll_values(
+    outcome: PollOutcome,
+    now: datetime,
+    state: FetchState | None,
+    meta: FeedMeta | None,
+    url_reason: str | None,
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The source columns a poll sets and the parameters of ``_source_update`` for them."""
     values: dict[str, Any] = {
         "next_due_reason": outcome.due_reason,
         "last_fetch_at": now,
@@ -177,17 +217,14 @@ def record_poll(
     if meta is not None:
         values |= _meta_values(meta)
     params |= {f"v_{name}": value for name, value in values.items()}
-    statement = _source_update(tuple(sorted(values)), not outcome.ok, state is not None)
-    source_id = _connection(s).execute(statement, params).scalar()
-    if source_id is not None:
-        _record_history(s, source_id, outcome, now)
+    return tuple(sorted(values)), params
 
 
 @cache
 def _source_update(columns: tuple[str, ...], failed: bool, moved: bool) -> Update:
     """UPDATE sources SET each of ``columns`` to its parameter ``v_<column>`` WHERE name = :source,
     returning the id; ``failed`` counts an error, ``moved`` sets the effective URL and its reason (from
-    :state_url and :url_reason). Built once per shape."""
+    :state_url and :url_reason). Built once per shape (``record_poll`` adds RETURNING id)."""
     values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in columns}
     if failed:
         values["error_count"] = SourceRow.error_count + 1
@@ -199,8 +236,10 @@ def _source_update(columns: tuple[str, ...], failed: bool, moved: bool) -> Updat
         values["effective_url"] = effective
         new_reason = case((differs, reason), else_=null())
         values["url_reason"] = case((unchanged, SourceRow.url_reason), else_=new_reason)
-    statement = update(SourceRow).where(SourceRow.name == bindparam("source")).values(values)
-    return statement.returning(SourceRow.id)
+    return update(SourceRow).where(SourceRow.name == bindparam("source")).values(values)
+
+
+_url_host = lru_cache(maxsize=4096)(url_host)  # a source's URL changes rarely: one parse per URL
 
 
 def _state_values(state: FetchState) -> dict[str, Any]:
@@ -210,7 +249,7 @@ def _state_values(state: FetchState) -> dict[str, Any]:
         "last_modified": state.last_modified,
         "body_hash": state.body_hash,
         "redirect_candidate": state.redirect_candidate,
-        "host": url_host(state.url),  # the host the next poll contacts (per-host lease limit)
+        "host": _url_host(state.url),  # the host the next poll contacts (per-host lease limit)
     }
 
 
@@ -250,6 +289,14 @@ def source_health(s: Session) -> list[SourceHealth]:
             )
         )
     return result
+
+
+def source_sites(s: Session) -> dict[str, str]:
+    """The site (the feed's own link) of each configured source that has one, by name: OPML's htmlUrl."""
+    rows = s.execute(
+        select(SourceRow.name, SourceRow.link).where(SourceRow.in_config, SourceRow.link.is_not(None))
+    )
+    return {name: link for name, link in rows if link}
 
 
 def _health_status(row: SourceRow) -> str:
@@ -321,6 +368,8 @@ def save_items(
             continue  # inserted above
         elif row.content_hash == item.content_hash:
             result.unchanged += 1
+            if item.raw_hash is not None and row.raw_hash != item.raw_hash:
+                row.raw_hash = item.raw_hash  # another raw entry, the same content: skipped next time
         elif row.update_count >= max_updates:
             result.unchanged += 1
             result.flapping += 1
@@ -330,6 +379,31 @@ def save_items(
             _update_item(s, row, item, now)
             result.updated.append((row.id, item))
     return result
+
+
+_RAW_HASHES = (
+    select(ItemRow.key, ItemRow.raw_hash)
+    .where(
+        ItemRow.source_id
+        == select(SourceRow.id).where(SourceRow.name == bindparam("source")).scalar_subquery()
+    )
+    .where(ItemRow.key.in_(bindparam("keys", expanding=True)))
+)
+
+
+def raw_hashes(s: Session | Connection, source: str, keys: Sequence[str]) -> dict[str, str | None]:
+    """The raw entry hash stored under each of ``keys`` in ``source`` (keys not stored are absent): one
+    read on the (source_id, key) index, made before a document's entries are normalized."""
+    if not keys:
+        return {}
+    found: dict[str, str | None] = {}
+    for start in range(0, len(keys), 1000):  # SQLite allows 32,766 bound parameters per statement
+        chunk = list(keys[start : start + 1000])
+        found.update(
+            (key, raw_hash)
+            for key, raw_hash in _connection(s).execute(_RAW_HASHES, {"source": source, "keys": chunk})
+        )
+    return found
 
 
 def _tombstones(s: Session, source_id: int, keys: Sequence[str]) -> set[str]:
@@ -386,6 +460,7 @@ def _item_values(item: Item) -> dict[str, Any]:
         "image": item.image,
         "content_hash": item.content_hash,
         "flags": list(item.flags),
+        "raw_hash": item.raw_hash,
     }
 
 
@@ -506,21 +581,34 @@ def sync_topics(s: Session, definitions: dict[str, str]) -> list[str]:
     return stale
 
 
+# the membership statements of every poll, built once (Core, on the table: no ORM synchronization)
+_MEMBERS: Any = TopicItemRow.__table__
+_TOPIC_PRESENT = select(_MEMBERS.c.item_id).where(
+    _MEMBERS.c.topic == bindparam("topic"), _MEMBERS.c.item_id.in_(bindparam("ids", expanding=True))
+)
+_TOPIC_REMOVE = delete(_MEMBERS).where(
+    _MEMBERS.c.topic == bindparam("topic"), _MEMBERS.c.item_id.in_(bindparam("ids", expanding=True))
+)
+
+
+@cache
+def _topic_insert(dialect: str) -> Any:
+    """INSERT INTO topic_items ... ON CONFLICT DO NOTHING, built once per dialect."""
+    modules = {"postgresql": postgresql, "sqlite": sqlite}
+    if dialect not in modules:
+        raise NotImplementedError(f"store: unsupported database dialect {dialect}")
+    return modules[dialect].insert(_MEMBERS).on_conflict_do_nothing()
+
+
 def add_topic_items(s: Session, topic: str, item_ids: Sequence[int], now: datetime) -> int:
     """Add items to a topic (already-present ones are kept); returns how many were new members."""
     if not item_ids:
         return 0
-    present = set(
-        s.scalars(
-            select(TopicItemRow.item_id).where(
-                TopicItemRow.topic == topic, TopicItemRow.item_id.in_(list(item_ids))
-            )
-        )
-    )
+    present = set(s.scalars(_TOPIC_PRESENT, {"topic": topic, "ids": list(item_ids)}))
     added = [i for i in dict.fromkeys(item_ids) if i not in present]
     if added:  # one executemany (batched into multi-row INSERTs), not one statement per item
         rows = [{"topic": topic, "item_id": item_id, "added_at": now} for item_id in added]
-        s.execute(_insert(s, TopicItemRow.__table__).on_conflict_do_nothing(), rows)
+        s.execute(_topic_insert(s.get_bind().dialect.name), rows)
         s.execute(update(TopicRow).where(TopicRow.name == topic).values(last_match_at=now))
     return len(added)
 
@@ -528,9 +616,7 @@ def add_topic_items(s: Session, topic: str, item_ids: Sequence[int], now: dateti
 def remove_topic_items(s: Session, topic: str, item_ids: Sequence[int]) -> None:
     """Drop memberships that no longer hold (an item changed and stopped matching)."""
     if item_ids:
-        s.execute(
-            delete(TopicItemRow).where(TopicItemRow.topic == topic, TopicItemRow.item_id.in_(list(item_ids)))
-        )
+        s.execute(_TOPIC_REMOVE, {"topic": topic, "ids": list(item_ids)})
 
 
 def topic_items(
@@ -697,26 +783,34 @@ _HISTORY_TRIM = delete(PollRow).where(
 )
 
 
-def _record_history(s: Session | Connection, source_id: int, outcome: PollOutcome, now: datetime) -> None:
-    """Append the poll and drop the ones beyond HISTORY_LIMIT for this source (two statements, both
-    on the (source_id, id) index)."""
+def _record_history(s: Session | Connection, polls: Sequence[tuple[int, PollOutcome, datetime]]) -> None:
+    """Append the polls (source id, outcome, time) and drop the ones beyond HISTORY_LIMIT for their
+    sources (two statements, both on the (source_id, id) index, each executed once for all)."""
     connection = _connection(s)
-    row = {
-        "source_id": source_id,
-        "at": now,
-        "status": outcome.status,
-        "http_status": outcome.http_status,
-        "bytes": outcome.bytes,
-        "duration": outcome.duration,
-        "entries": outcome.entries,
-        "new": outcome.new,
-        "updated": outcome.updated,
-        "unchanged": outcome.unchanged,
-        "error": outcome.error,
-        "next_due_reason": outcome.due_reason,
-    }
-    connection.execute(_HISTORY_INSERT, row)
-    connection.execute(_HISTORY_TRIM, {"source_id": source_id, "skip": HISTORY_LIMIT - 1})
+    rows = [
+        {
+            "source_id": source_id,
+            "at": now,
+            "status": outcome.status,
+            "http_status": outcome.http_status,
+            "bytes": outcome.bytes,
+            "duration": outcome.duration,
+            "entries": outcome.entries,
+            "new": outcome.new,
+            "updated": outcome.updated,
+            "unchanged": outcome.unchanged,
+            "error": outcome.error,
+            "next_due_reason": outcome.due_reason,
+        }
+        for source_id, outcome, now in polls
+    ]
+    if not rows:
+        return
+    connection.execute(_HISTORY_INSERT, rows)
+    trims = [
+        {"source_id": source_id, "skip": HISTORY_LIMIT - 1} for source_id in {r["source_id"] for r in rows}
+    ]
+    connection.execute(_HISTORY_TRIM, trims)
 
 
 def poll_history(s: Session, name: str, *, limit: int = HISTORY_LIMIT) -> list[PollRecord]:
@@ -753,6 +847,7 @@ class ScheduleInputs:
     ttl: timedelta | None = None
     update_every: timedelta | None = None
     published: tuple[datetime, ...] = ()
+    source_id: int | None = None  # the source row's id (None: no such source)
 
 
 _SCHEDULE_SOURCE = select(SourceRow.id, SourceRow.feed_ttl, SourceRow.feed_update_every).where(
@@ -777,21 +872,52 @@ def schedule_inputs(s: Session | Connection, name: str, *, posts: int = 20) -> S
 _POLL_INPUTS = _FETCH_STATE.add_columns(SourceRow.id, SourceRow.feed_ttl, SourceRow.feed_update_every)
 
 
-def poll_inputs(s: Session | Connection, name: str) -> tuple[FetchState | None, ScheduleInputs]:
-    """``fetch_state`` and ``schedule_inputs`` together: the source row is read once (two reads)."""
+class PostingTimes:
+    """The publication times ``poll_inputs`` read, remembered per source while its last parsed body
+    (``body_hash``) stays the same: items are stored only with a new body, so an unchanged re-poll
+    needs no second read. Pruning elsewhere is seen at the next change. Bounded: cleared when full.
+    One per database (source ids are the key)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._times: dict[tuple[int, str], tuple[datetime, ...]] = {}
+
+    def get(self, source_id: int, body_hash: str | None) -> tuple[datetime, ...] | None:
+        return None if body_hash is None else self._times.get((source_id, body_hash))
+
+    def put(self, source_id: int, body_hash: str | None, times: tuple[datetime, ...]) -> None:
+        if body_hash is not None:
+            if len(self._times) >= self.size:
+                self._times.clear()
+            self._times[(source_id, body_hash)] = times
+
+
+def poll_inputs(
+    s: Session | Connection, name: str, memo: PostingTimes | None = None
+) -> tuple[FetchState | None, ScheduleInputs]:
+    """``fetch_state`` and ``schedule_inputs`` together: the source row is read once, the posting times
+    only when ``memo`` does not have them for the source's current body."""
     connection = _connection(s)
     row = connection.execute(_POLL_INPUTS, {"name": name}).first()
     if row is None:
         return None, ScheduleInputs()
-    return _fetch_state(row), _schedule_inputs(connection, row)
+    published = memo.get(row.id, row.body_hash) if memo is not None else None
+    inputs = _schedule_inputs(connection, row, published=published)
+    if memo is not None and published is None:
+        memo.put(row.id, row.body_hash, inputs.published)
+    return _fetch_state(row), inputs
 
 
-def _schedule_inputs(connection: Connection, row: Any, posts: int = 20) -> ScheduleInputs:
-    published = connection.execute(_PUBLISHED, {"source_id": row.id, "posts": posts}).scalars()
+def _schedule_inputs(
+    connection: Connection, row: Any, posts: int = 20, *, published: tuple[datetime, ...] | None = None
+) -> ScheduleInputs:
+    if published is None:
+        published = tuple(connection.execute(_PUBLISHED, {"source_id": row.id, "posts": posts}).scalars())
     return ScheduleInputs(
         ttl=None if row.feed_ttl is None else timedelta(seconds=row.feed_ttl),
         update_every=None if row.feed_update_every is None else timedelta(seconds=row.feed_update_every),
-        published=tuple(published),
+        published=published,
+        source_id=row.id,
     )
 
 

@@ -9,15 +9,33 @@ records each decision (rule + similarity) in ``merges``. It does not decide iden
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    DateTime,
+    Select,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy.sql.expression import Executable
 
 from aggregator import stories
 from aggregator.model import Item, Sighting, StoredItem
@@ -34,6 +52,83 @@ from aggregator.stories import Analysis, StoryParams, Terms
 
 MAX_CANDIDATES = 200  # per item and rule: bounds the work per new item however popular a band key is
 CHUNK = 1000  # values per IN list (SQLite allows 32,766 bound parameters per statement)
+
+# The statements of a poll's linking, built once per dialect (Core, the id lists bound as one value): run
+# on the Session's connection, they cost no statement construction, ORM loading or per-value processing.
+
+
+def _in_ids(column: QueryableAttribute[Any], dialect: str) -> ColumnElement[bool]:
+    """``column IN :ids`` with the ids bound as one value (``_ids``): a JSON array read by json_each on
+    SQLite, an array compared with = ANY on PostgreSQL; both use the column's index."""
+    if dialect == "sqlite":
+        values = func.json_each(bindparam("ids", type_=Text())).table_valued("value")
+        return column.in_(select(values.c.value))
+    if dialect == "postgresql":
+        return column == any_(bindparam("ids", type_=postgresql.ARRAY(column.type)))
+    return column.in_(bindparam("ids", expanding=True))
+
+
+def _ids(c: Connection, values: list[int]) -> Any:
+    """The bound value of ``_in_ids``."""
+    return json.dumps(values) if c.dialect.name == "sqlite" else values
+
+
+@dataclass(frozen=True)
+class _Sql:
+    known: Executable
+    keys: Executable
+    holding: Executable
+    texts: Executable
+    titles_texts: Executable
+    terms: Executable
+    merged: Executable
+    first: Executable
+    unindex: tuple[Executable, ...]
+
+
+@cache
+def _sql(dialect: str) -> _Sql:
+    def ids(column: QueryableAttribute[Any]) -> ColumnElement[bool]:
+        return _in_ids(column, dialect)
+
+    return _Sql(
+        known=select(ItemRow.id, ItemRow.uid, ItemRow.source_id, ItemRow.article_id, ItemRow.story_id).where(
+            ids(ItemRow.id)
+        ),
+        keys=(  # published as stored, naive UTC: no conversion per row of the hot read
+            select(FingerprintRow.kind, FingerprintRow.key, FingerprintRow.item_id)
+            .add_columns(type_coerce(FingerprintRow.published, DateTime()))
+            .join(ItemRow, ItemRow.id == FingerprintRow.item_id)
+            .where(
+                ids(FingerprintRow.key), FingerprintRow.published.between(bindparam("lo"), bindparam("hi"))
+            )
+            .where(FingerprintRow.kind.in_(bindparam("kinds", expanding=True)))
+            .where(ItemRow.source_id != bindparam("source_id"))
+        ),
+        holding=select(ItemRow.story_id)
+        .where(ids(ItemRow.story_id), ItemRow.source_id == bindparam("source_id"))
+        .distinct(),
+        texts=select(ItemRow.id, ItemRow.text).where(ids(ItemRow.id)),
+        titles_texts=select(ItemRow.id, ItemRow.title, ItemRow.text).where(ids(ItemRow.id)),
+        terms=select(TermsRow.item_id, TermsRow.terms).where(ids(TermsRow.item_id)),
+        merged=select(ArticleRow.id, ArticleRow.merged_into).where(ids(ArticleRow.id)),
+        first=select(ItemRow.article_id, func.min(ItemRow.id))
+        .where(ids(ItemRow.article_id))
+        .group_by(ItemRow.article_id),
+        unindex=(
+            delete(FingerprintRow).where(ids(FingerprintRow.item_id)),
+            delete(TermsRow).where(ids(TermsRow.item_id)),
+        ),
+    )
+
+
+_ITEMS, _ARTICLES = cast(Table, ItemRow.__table__), cast(Table, ArticleRow.__table__)
+_LINK = (
+    update(_ITEMS)
+    .where(_ITEMS.c.id == bindparam("b_id"))
+    .values(article_id=bindparam("b_article"), story_id=bindparam("b_story"))
+)
+_MERGE = update(_ARTICLES).where(_ARTICLES.c.id == bindparam("b_id")).values(merged_into=bindparam("b_into"))
 
 
 @dataclass(frozen=True)
@@ -70,6 +165,7 @@ class _New:
     titles: list[int] = field(default_factory=list)
     nears: list[int] = field(default_factory=list)
     stories: list[int] = field(default_factory=list)
+    verified: list[tuple[float, int]] = field(default_factory=list)  # story candidates that pass (_scored)
 
 
 def link_items(
@@ -81,13 +177,15 @@ def link_items(
 ) -> None:
     """Give new items their article and story ids; re-index the fingerprints of updated ones."""
     params = params or StoryParams()
+    s.flush()  # the reads below run on the connection: they must see the items' pending changes
+    c = s.connection()
     changed = [
         (item_id, item.published, stories.analyze(item.title, item.text, params)) for item_id, item in updated
     ]
     for chunk in _chunks(item_id for item_id, _, _ in changed):
-        s.execute(delete(FingerprintRow).where(FingerprintRow.item_id.in_(chunk)))
-        s.execute(delete(TermsRow).where(TermsRow.item_id.in_(chunk)))
-    rows = _known(s, [item_id for item_id, _ in new])
+        for statement in _sql(c.dialect.name).unindex:
+            c.execute(statement, {"ids": _ids(c, chunk)})
+    rows = _known(c, [item_id for item_id, _ in new])
     by_source: dict[int, list[_New]] = defaultdict(list)
     for item_id, item in new:
         if item_id in rows:  # else deleted meanwhile
@@ -95,11 +193,11 @@ def link_items(
             by_source[rows[item_id].source_id].append(_New(rows[item_id], item, analysis))
     merges: list[dict[str, Any]] = []
     for source_id, batch in by_source.items():
-        _Poll(s, source_id, batch, params, now, merges).link()
+        _Poll(c, source_id, batch, params, now, merges).link()
     fresh = [(n.row.id, n.item.published, n.analysis) for batch in by_source.values() for n in batch]
-    _index(s, changed + fresh)
+    _index(c, changed + fresh)
     if merges:
-        s.execute(insert(_table(MergeRow)), merges)
+        c.execute(insert(_table(MergeRow)), merges)
 
 
 def _table(row: type[Base]) -> Table:
@@ -113,28 +211,44 @@ def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _known(s: Session, ids: Iterable[int]) -> dict[int, _Known]:
+def _known(c: Connection, ids: Iterable[int]) -> dict[int, _Known]:
     result: dict[int, _Known] = {}
-    cols = (ItemRow.id, ItemRow.uid, ItemRow.source_id, ItemRow.article_id, ItemRow.story_id)
     for chunk in _chunks(sorted(set(ids))):
-        for row in s.execute(select(*cols).where(ItemRow.id.in_(chunk))):
+        for row in c.execute(_sql(c.dialect.name).known, {"ids": _ids(c, chunk)}).all():
             result[row[0]] = _Known(*row)
     return result
 
 
-def _index(s: Session, items: Sequence[tuple[int, datetime, Analysis]]) -> None:
+def _processor(c: Connection, column: QueryableAttribute[Any]) -> Callable[[Any], Any]:
+    """The column type's conversion of a Python value to the driver's (identity when there is none)."""
+    process = column.type.dialect_impl(c.dialect).bind_processor(c.dialect)
+    return process if process is not None else (lambda value: value)
+
+
+def _insert_plain(c: Connection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    """INSERT many rows of values already converted for the driver (``_processor``), handed to its
+    executemany as they are: no per-value work in SQLAlchemy for the thousands of fingerprint rows."""
+    mark = "?" if c.dialect.paramstyle == "qmark" else "%s"  # SQLite; psycopg (pyformat/format)
+    names, marks = ", ".join(columns), ", ".join([mark] * len(columns))
+    c.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", rows)
+
+
+def _index(c: Connection, items: Sequence[tuple[int, datetime, Analysis]]) -> None:
     """Store the fingerprint keys and story terms of freshly linked (or changed) items."""
-    keys, terms = [], []
+    keys: list[tuple[Any, ...]] = []
+    terms = []
+    when = _processor(c, FingerprintRow.published)
     for item_id, published, analysis in items:
         fp = analysis.fingerprint
         pairs = [("near", k) for k in fp.near_keys] + [("story", k) for k in fp.story_keys]
         pairs += [(kind, k) for kind, k in (("text", fp.text_key), ("title", fp.title_key)) if k is not None]
-        keys += [{"item_id": item_id, "kind": kind, "key": k, "published": published} for kind, k in pairs]
+        stored = when(published)  # the one conversion of this item's rows
+        keys += [(item_id, kind, k, stored) for kind, k in pairs]
         terms.append({"item_id": item_id, "terms": analysis.terms.encode()})
     if keys:
-        s.execute(insert(_table(FingerprintRow)), keys)
+        _insert_plain(c, _table(FingerprintRow), ("item_id", "kind", "key", "published"), keys)
     if terms:
-        s.execute(insert(_table(TermsRow)), terms)
+        c.execute(insert(_table(TermsRow)), terms)
 
 
 class _Poll:
@@ -143,21 +257,20 @@ class _Poll:
 
     def __init__(
         self,
-        s: Session,
+        c: Connection,
         source_id: int,
         batch: list[_New],
         params: StoryParams,
         now: datetime,
         merges: list[dict[str, Any]],
     ) -> None:
-        self.s, self.source_id, self.batch, self.params, self.now = s, source_id, batch, params, now
+        self.c, self.source_id, self.batch, self.params, self.now = c, source_id, batch, params, now
         self.merges = merges
         self.known: dict[int, _Known] = {n.row.id: n.row for n in batch}
-        self.terms: dict[int, str] = {}  # encoded story terms of the story candidates
         self.texts: dict[int, str] = {}  # texts of near-duplicate candidates
         self.touched: set[int] = set()  # candidates whose article or story this poll changed
         self.taken: set[int] = set()  # stories that already hold an item of this source
-        self.articles = _Articles(s, {n.row.article_id for n in batch if n.row.article_id is not None})
+        self.articles = _Articles(c, {n.row.article_id for n in batch if n.row.article_id is not None})
 
     def link(self) -> None:
         self._lookup()
@@ -168,8 +281,8 @@ class _Poll:
             self.taken.add(row.story_id)
         real = self.articles.write(self.now)
         changed = [n.row for n in self.batch] + [self.known[i] for i in self.touched]
-        values = [{"id": k.id, "article_id": real(k.article_id), "story_id": k.story_id} for k in changed]
-        self.s.execute(update(ItemRow), values)
+        values = [{"b_id": k.id, "b_article": real(k.article_id), "b_story": k.story_id} for k in changed]
+        self.c.execute(_LINK, values)
 
     # --- the batched lookups ----------------------------------------------------------------------
 
@@ -178,22 +291,28 @@ class _Poll:
         story_window, near_window = timedelta(hours=p.window_hours), timedelta(days=p.article_window_days)
         found = self._keys(("story", "title"), story_window) | self._keys(("near", "text"), near_window)
         for n in self.batch:
-            when = n.item.published
+            when = _naive(n.item.published)  # as the fingerprint rows hold it
             texts = _pick(found, "text", _keys_of(n, "text"), when, near_window)
             n.text_match = texts[0] if texts else None  # the earliest
             n.titles = _pick(found, "title", _keys_of(n, "title"), when, story_window)
             n.nears = _pick(found, "near", _keys_of(n, "near"), when, near_window)
             n.stories = _pick(found, "story", _keys_of(n, "story"), when, story_window)
-        wanted = {
-            i for n in self.batch for i in (n.text_match, *n.titles, *n.nears, *n.stories) if i is not None
-        }
+        terms = _terms(self.c, {i for n in self.batch for i in n.stories}, p)
+        titles: dict[int, frozenset[str]] = {}
+        for n in self.batch:  # verified on their stored terms: only those that pass are loaded
+            others = [(i, terms[i]) for i in n.stories if i in terms]
+            n.verified = _scored(n.analysis.terms, others, p, titles)
+        wanted = {i for n in self.batch for i in (n.text_match, *n.titles, *n.nears) if i is not None}
+        wanted.update(i for n in self.batch for _, i in n.verified)
         wanted.update(i for i in self.articles.first.values() if i is not None)  # same-URL items
-        self.known.update(_known(self.s, wanted - set(self.known)))
-        self.articles.prefetch({k.article_id for k in self.known.values() if k.article_id is not None})
+        self.known.update(_known(self.c, wanted - set(self.known)))
+        targets = {i for n in self.batch for i in (n.text_match, *n.titles[:1], *n.nears) if i is not None}
+        # the articles an item can join (rule 2's candidates; story candidates never need theirs)
+        known = [self.known[i] for i in targets if i in self.known]
+        self.articles.prefetch({k.article_id for k in known if k.article_id is not None})
         self.texts = _texts(
-            self.s, {i for n in self.batch if not (n.text_match or n.titles) for i in n.nears}
+            self.c, {i for n in self.batch if not (n.text_match or n.titles) for i in n.nears}
         )
-        self.terms = _terms(self.s, {i for n in self.batch for i in n.stories}, p)
         mine = {n.row.id for n in self.batch}
         candidates = {k.story_id or k.id for i, k in self.known.items() if i not in mine}
         self.taken = self._stories_holding_source(candidates)
@@ -202,8 +321,9 @@ class _Poll:
         self, kinds: tuple[str, ...], window: timedelta
     ) -> dict[tuple[str, int], list[tuple[int, datetime]]]:
         """Fingerprint rows of other sources' items carrying one of the batch's keys of ``kinds``, within
-        ``window`` of the batch's publication times: (kind, key) -> [(item id, published)]. One indexed
-        range scan per key on (key, published): the rows read follow the window, not the store's size."""
+        ``window`` of the batch's publication times: (kind, key) -> [(item id, published in naive UTC)]. One
+        indexed range scan per key on (key, published): the rows read follow the window, not the store's
+        size."""
         keys = {key for n in self.batch for kind in kinds for key in _keys_of(n, kind)}
         result: dict[tuple[str, int], list[tuple[int, datetime]]] = defaultdict(list)
         if not keys:
@@ -211,25 +331,18 @@ class _Poll:
         times = [n.item.published for n in self.batch]
         lo, hi = min(times) - window, max(times) + window
         for chunk in _chunks(sorted(keys)):
-            query = (
-                select(
-                    FingerprintRow.kind, FingerprintRow.key, FingerprintRow.item_id, FingerprintRow.published
-                )
-                .join(ItemRow, ItemRow.id == FingerprintRow.item_id)
-                .where(FingerprintRow.key.in_(chunk), FingerprintRow.published.between(lo, hi))
-                .where(FingerprintRow.kind.in_(kinds), ItemRow.source_id != self.source_id)
-            )
-            for kind, key, item_id, published in self.s.execute(query):
+            bound = {"ids": _ids(self.c, chunk), "lo": lo, "hi": hi, "kinds": list(kinds)}
+            bound["source_id"] = self.source_id
+            for kind, key, item_id, published in self.c.execute(_sql(self.c.dialect.name).keys, bound).all():
                 result[(kind, key)].append((item_id, published))
         return result
 
     def _stories_holding_source(self, story_ids: set[int]) -> set[int]:
         result: set[int] = set()
         for chunk in _chunks(sorted(story_ids)):
-            query = select(ItemRow.story_id).where(
-                ItemRow.story_id.in_(chunk), ItemRow.source_id == self.source_id
-            )
-            result.update(i for i in self.s.scalars(query.distinct()) if i is not None)
+            bound = {"ids": _ids(self.c, chunk), "source_id": self.source_id}
+            found = self.c.execute(_sql(self.c.dialect.name).holding, bound).scalars()
+            result.update(i for i in found if i is not None)
         return result
 
     def _record(self, row: _Known, other: _Known, level: str, rule: str, sim: float) -> None:
@@ -247,7 +360,7 @@ class _Poll:
             row.article_id = self.articles.resolve(row.article_id)
             other_id = self.articles.earliest(row.article_id)
             if other_id is not None and other_id < row.id and other_id not in self.known:
-                self.known.update(_known(self.s, [other_id]))  # rare: loaded with the batch as a rule
+                self.known.update(_known(self.c, [other_id]))  # rare: loaded with the batch as a rule
             first = self.known.get(other_id) if other_id is not None and other_id < row.id else None
             if first is not None:
                 self._record(row, first, "article", "url", 1.0)
@@ -288,8 +401,7 @@ class _Poll:
     def _link_story(self, new: _New) -> int:
         """The story id for the item: a verified candidate's story, or a new story of its own."""
         row = new.row
-        others = [(i, self.terms[i]) for i in new.stories if i in self.terms]
-        for sim, other_id in _scored(new.analysis.terms, others, self.params):
+        for sim, other_id in new.verified:
             other = self.known[other_id]
             if other.story_id is None:  # stored before stories existed
                 other.story_id = other.id
@@ -308,6 +420,11 @@ def _keys_of(new: _New, kind: str) -> list[int]:
         return list(fp.story_keys) if kind == "story" else list(fp.near_keys) * bool(new.analysis.shingles)
     key = fp.text_key if kind == "text" else fp.title_key
     return [] if key is None else [key]
+
+
+def _naive(value: datetime) -> datetime:
+    """Naive UTC, as the database holds datetimes (store/tables.py UTCDateTime)."""
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _pick(
@@ -329,53 +446,62 @@ def _pick(
     return sorted(shared)
 
 
-def _scored(mine: Terms, others: Iterable[tuple[int, str]], params: StoryParams) -> list[tuple[float, int]]:
+def _scored(
+    mine: Terms,
+    others: Iterable[tuple[int, str]],
+    params: StoryParams,
+    titles: dict[int, frozenset[str]] | None = None,
+) -> list[tuple[float, int]]:
     """Verified story candidates (given their encoded terms) as (similarity, id), most similar first, then
-    the earliest. The title terms alone rule most candidates out: the lead terms are decoded for few."""
+    the earliest. The title terms alone rule most candidates out: the lead terms are decoded for few.
+    ``titles`` keeps the decoded title terms per id (candidates shared by the items of a poll)."""
+    titles = {} if titles is None else titles
+    encoded = dict(others)
+    decoded = []
+    for other_id, value in encoded.items():
+        theirs = titles.get(other_id)
+        if theirs is None:
+            theirs = titles[other_id] = Terms.decode_title(value)
+        decoded.append((other_id, theirs))
     scored = []
-    for other_id, encoded in others:
-        if stories.title_similarity(mine.title, Terms.decode_title(encoded), params) < params.story_threshold:
-            continue
-        sim = stories.terms_similarity(mine, Terms.decode(encoded), params)
+    for other_id in stories.similar_titles(mine.title, decoded, params):
+        sim = stories.terms_similarity(mine, Terms.decode(encoded[other_id]), params)
         if sim >= params.story_threshold:
             scored.append((sim, other_id))
     scored.sort(key=lambda pair: (-pair[0], pair[1]))
     return scored
 
 
-def _texts(s: Session, ids: set[int]) -> dict[int, str]:
+def _texts(c: Connection, ids: set[int]) -> dict[int, str]:
     result: dict[int, str] = {}
     for chunk in _chunks(sorted(ids)):
-        result.update(
-            {i: text for i, text in s.execute(select(ItemRow.id, ItemRow.text).where(ItemRow.id.in_(chunk)))}
-        )
+        result.update({i: text for i, text in c.execute(_sql(c.dialect.name).texts, {"ids": _ids(c, chunk)})})
     return result
 
 
-def _terms(s: Session, ids: set[int], params: StoryParams) -> dict[int, str]:
+def _terms(c: Connection, ids: set[int], params: StoryParams) -> dict[int, str]:
     """The stored (encoded) story terms of ``ids``; items stored before migration 0006 get theirs now."""
     result: dict[int, str] = {}
     for chunk in _chunks(sorted(ids)):
-        query = select(TermsRow.item_id, TermsRow.terms).where(TermsRow.item_id.in_(chunk))
-        result.update({i: terms for i, terms in s.execute(query)})
+        result.update(
+            {i: terms for i, terms in c.execute(_sql(c.dialect.name).terms, {"ids": _ids(c, chunk)})}
+        )
     missing = sorted(ids - set(result))
     for chunk in _chunks(missing):
         computed = {}
-        for item_id, title, text in s.execute(
-            select(ItemRow.id, ItemRow.title, ItemRow.text).where(ItemRow.id.in_(chunk))
-        ):
+        for item_id, title, text in c.execute(_sql(c.dialect.name).titles_texts, {"ids": _ids(c, chunk)}):
             lead = stories.story_terms(title, text, params.lead_words)
             computed[item_id] = Terms(stories.title_terms(title), lead).encode()
         if computed:  # another worker may be storing the same ones
             values = [{"item_id": i, "terms": t} for i, t in computed.items()]
-            s.execute(_insert_missing(s, TermsRow), values)
+            c.execute(_insert_missing(c, TermsRow), values)
         result.update(computed)
     return result
 
 
-def _insert_missing(s: Session, table: Any) -> Any:
+def _insert_missing(c: Connection, table: Any) -> Any:
     """INSERT that skips rows whose key is already stored (SQLite and PostgreSQL)."""
-    dialect = {"postgresql": postgresql, "sqlite": sqlite}[s.get_bind().dialect.name]
+    dialect = {"postgresql": postgresql, "sqlite": sqlite}[c.dialect.name]
     return dialect.insert(table).on_conflict_do_nothing()
 
 
@@ -383,8 +509,8 @@ class _Articles:
     """Where the articles of a poll's items were merged to (``merged_into``) and their earliest items:
     read for the whole batch in a few queries, then kept in step with the poll's own decisions."""
 
-    def __init__(self, s: Session, article_ids: set[int]) -> None:
-        self.s = s
+    def __init__(self, c: Connection, article_ids: set[int]) -> None:
+        self.c = c
         self.merged: dict[int, int | None] = {}
         self.first: dict[int, int | None] = {}
         self.merges: dict[int, int] = {}  # merged_into values this poll set
@@ -422,15 +548,15 @@ class _Articles:
         if self.created:
             rows = [{"url": key, "created_at": now} for key in self.created.values()]
             statement = insert(_table(ArticleRow)).returning(ArticleRow.url, ArticleRow.id)
-            stored = {url: article_id for url, article_id in self.s.execute(statement, rows)}
+            stored = {url: article_id for url, article_id in self.c.execute(statement, rows)}
             ids = {placeholder: stored[key] for placeholder, key in self.created.items()}
 
         def real(article_id: int | None) -> int | None:
             return ids.get(article_id, article_id)
 
         if self.merges:
-            values = [{"id": real(i), "merged_into": real(into)} for i, into in self.merges.items()]
-            self.s.execute(update(ArticleRow), values)
+            values = [{"b_id": real(i), "b_into": real(into)} for i, into in self.merges.items()]
+            self.c.execute(_MERGE, values)
         return real
 
     def merge(self, article_id: int, into: int) -> None:
@@ -444,18 +570,16 @@ class _Articles:
         pending = ids - self.merged.keys()
         while pending:
             for chunk in _chunks(sorted(pending)):
-                query = select(ArticleRow.id, ArticleRow.merged_into).where(ArticleRow.id.in_(chunk))
-                self.merged.update({article_id: into for article_id, into in self.s.execute(query)})
+                found = self.c.execute(_sql(self.c.dialect.name).merged, {"ids": _ids(self.c, chunk)})
+                self.merged.update({article_id: into for article_id, into in found})
             self.merged.update((i, None) for i in pending if i not in self.merged)
             pending = {into for i in pending if (into := self.merged[i]) is not None} - self.merged.keys()
 
     def prefetch(self, ids: set[int]) -> None:
         """Read the earliest item of each of the articles ``ids``."""
         for chunk in _chunks(sorted(ids - self.first.keys())):
-            query = select(ItemRow.article_id, func.min(ItemRow.id)).where(ItemRow.article_id.in_(chunk))
-            found = {
-                article_id: first for article_id, first in self.s.execute(query.group_by(ItemRow.article_id))
-            }
+            rows = self.c.execute(_sql(self.c.dialect.name).first, {"ids": _ids(self.c, chunk)})
+            found = {article_id: first for article_id, first in rows}
             self.first.update((i, found.get(i)) for i in chunk)
 
 
@@ -471,7 +595,7 @@ def relink_stories(s: Session, params: StoryParams, now: datetime) -> int:
     ):
         keys[item_id].append(key)
     items = list(s.execute(select(ItemRow.id, ItemRow.source_id, ItemRow.published).order_by(ItemRow.id)))
-    terms = _terms(s, {i for i, _, _ in items}, params)
+    terms = _terms(s.connection(), {i for i, _, _ in items}, params)
     window = timedelta(hours=params.window_hours)
     seen: dict[int, list[tuple[int, int, datetime]]] = defaultdict(
         list

@@ -141,6 +141,9 @@ class ItemRow(Base):
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)  # first seen or last content change
     update_count: Mapped[int] = mapped_column(Integer, default=0)
     flags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")  # Item.flags
+    # the raw entry's hash (migration 0007, normalize.raw_identity): an entry seen again with the same
+    # hash under the same key is not normalized again
+    raw_hash: Mapped[str | None] = mapped_column(String(32))
 
 
 class TopicRow(Base):
@@ -201,7 +204,8 @@ class FingerprintRow(Base):
 
     __tablename__ = "fingerprints"
     __table_args__ = (
-        Index("ix_fingerprints_key_published", "key", "published"),
+        # covering (migration 0007): the candidate lookup reads kind and item from the index alone
+        Index("ix_fingerprints_key_published", "key", "published", "kind", "item_id"),
         Index("ix_fingerprints_item_id", "item_id"),
     )
 
