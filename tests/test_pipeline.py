@@ -715,7 +715,8 @@ def test_unchanged_polls_are_written_in_batches_in_order_and_flushed(
     poll_source(ctx, "c", later + HOUR)
     assert flush_unchanged(ctx) == 1 and flush_unchanged(ctx) == 0
     assert _history(sessions, "c")[0] == ("not_modified", later + HOUR)
-    health = {h.name: h for h in store.source_health(sessions())}
+    with sessions() as s:
+        health = {h.name: h for h in store.source_health(s)}
     assert (health["c"].status, health["c"].last_http_status, health["c"].last_fetch) == (
         "ok",
         304,
