@@ -30,6 +30,7 @@ import brotli
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.cookies import extract_cookies_to_jar
 from requests.models import PreparedRequest, ProtocolError, ReadTimeoutError
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_environ_proxies, get_netrc_auth, select_proxy
@@ -376,7 +377,7 @@ class _Session(requests.Session):
             or not isinstance(adapter, _Adapter)
             or self.proxies
             or self.auth
-            or self.cookies
+            or (self.cookies and _has_cookies_for(self.cookies, url))
             or self.params
             or self.cert
             or self.verify is not True
@@ -385,7 +386,12 @@ class _Session(requests.Session):
             return self.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False)
         merged = {k: v for k, v in self.headers.items() if k not in headers and isinstance(v, str)}
         merged.update(headers)  # the session's headers, the request's win (http.client checks them)
-        return adapter.get_direct(self._prepare(url), merged, timeout, route.verify)
+        response = adapter.get_direct(self._prepare(url), merged, timeout, route.verify)
+        if "set-cookie" in response.headers:  # kept as Session.send keeps them: later requests send them
+            sent = PreparedRequest()  # the jar reads the request's URL and headers (rare: no cache)
+            sent.prepare(method="GET", url=url, headers=merged)
+            extract_cookies_to_jar(self.cookies, sent, response.raw)  # type: ignore[no-untyped-call]
+        return response
 
     def _prepare(self, url: str) -> PreparedRequest:
         prepared = self._prepared.get(url)
@@ -398,6 +404,19 @@ class _Session(requests.Session):
                     self._prepared.clear()
                 self._prepared[url] = prepared
         return prepared
+
+
+def _has_cookies_for(jar: Any, url: str) -> bool:
+    """Whether ``jar`` holds a cookie a request to ``url``'s host may carry (its domain or a parent
+    domain): only then does the request need requests' cookie handling (a jar holds a handful)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if "." not in host:
+        host += ".local"  # http.cookiejar's name for a dotless host ("localhost" -> "localhost.local")
+    for cookie in jar:
+        domain = cookie.domain.lower().lstrip(".")
+        if host == domain or host.endswith("." + domain) or not domain:
+            return True
+    return False
 
 
 def make_session(pool_size: int = 10) -> requests.Session:

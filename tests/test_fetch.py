@@ -500,3 +500,25 @@ def test_an_invalid_header_value_is_one_fetch_error(
     message = str(caught.value)
     assert message.startswith("source 'bbc': request failed: ") and "\n" not in message
     assert httpserver.log == []  # nothing was sent
+
+
+def test_a_cookie_set_on_a_redirect_is_sent_on_the_next_hop(
+    httpserver: HTTPServer, session: requests.Session
+) -> None:
+    """A consent/bot wall: the first answer sets a cookie and redirects to itself; without the cookie the
+    feed would loop until 'too many redirects'. Kept in the session's jar like requests does."""
+
+    def handler(request: Request) -> Response:
+        if request.cookies.get("consent") == "yes":
+            return Response(FEED, content_type="application/rss+xml")
+        return Response("", status=302, headers={"Location": "/walled", "Set-Cookie": "consent=yes; Path=/"})
+
+    httpserver.expect_request("/walled").respond_with_handler(handler)
+    result = fetch(session, src(httpserver.url_for("/walled")))
+    assert result.body == FEED
+    assert len(httpserver.log) == 2
+    assert session.cookies.get("consent") == "yes"
+    again = fetch(session, src(httpserver.url_for("/walled")))  # the next poll sends it at once
+    assert again.body == FEED and len(httpserver.log) == 3
+    other = fetch(session, src(httpserver.url_for("/walled").replace("localhost", "127.0.0.1")))
+    assert other.redirects and len(httpserver.log) == 5  # another host does not get it: walled again
