@@ -194,8 +194,8 @@ def parse_size(value: str | int) -> int:
 
 # ---------------------------------------------------------------- the file format (pydantic models)
 
-_SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
-_SLUG_ANCHORED = f"^{_SLUG.pattern}$"
+SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")  # source, topic and tag names (opml.py too)
+_SLUG_ANCHORED = f"^{SLUG.pattern}$"
 _LANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{1,8})*")
 _SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*):")
 _DURATION_SCHEMA = {
@@ -210,7 +210,7 @@ _SIZE_SCHEMA = {
 
 def _slug(kind: str) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if not _SLUG.fullmatch(value):
+        if not SLUG.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a valid {kind}: use lower-case letters, digits, '-', '_', '.'"
             )

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from lxml import etree
 
-from aggregator.config import SourceConfig
+from aggregator.config import SLUG, SourceConfig
 from aggregator.errors import ConfigError
 from aggregator.model import Source
 
@@ -45,7 +45,6 @@ PREFIX = "aggregator"
 MAX_BYTES = 20 * 10**6  # an OPML file larger than this is refused (the largest real ones are ~1 MB)
 OPTIONS = tuple(k for k in SourceConfig.model_fields if k not in ("name", "url", "title", "tags"))
 TEXT_OPTIONS = frozenset({"interval", "timeout", "max_bytes", "user_agent"})  # kept as written; others JSON
-_SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
 _ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 _SECRET_HEADER = re.compile(r"auth|cookie|token|secret|key|pass|session|signature", re.IGNORECASE)
 
@@ -295,7 +294,7 @@ def _entry(
     guard: Callable[[Any], Any] = (lambda value: value) if keep_env else _escape_env
     title = feed.title or (feed.text if feed.text != feed.name else None)
     name = _unique(_name(feed, url), taken)
-    if feed.name and not _SLUG.fullmatch(feed.name):
+    if feed.name and not SLUG.fullmatch(feed.name):
         notes.append(f"{PREFIX}:name {feed.name!r} is not a valid name: named {name!r}")
     elif feed.name and name != feed.name:
         notes.append(f"named {name!r}: {feed.name!r} is taken")
@@ -349,7 +348,7 @@ def slugify(text: str, limit: int = 48) -> str:
 
 
 def _name(feed: Feed, url: str) -> str:
-    if feed.name and _SLUG.fullmatch(feed.name):
+    if feed.name and SLUG.fullmatch(feed.name):
         return feed.name
     for text in (feed.title, feed.text):
         if text and (slug := slugify(text)):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -44,6 +45,7 @@ STORE_ATTEMPTS = 3  # a store transaction that lost SQLite's write lock is tried
 UNCHANGED_BATCH = 32  # unchanged polls recorded together by the worker and the fetch command
 
 Fetcher = Callable[[Source, FetchState | None], FetchResult]
+T = TypeVar("T")
 
 
 class UnchangedPolls:
@@ -192,9 +194,7 @@ def _raw_hashes(ctx: Context, name: str, keys: Sequence[str]) -> dict[str, str |
         return {}
 
 
-def _retried(
-    store_once: Callable[[], PollOutcome], failed: Callable[[Exception], PollOutcome], name: str
-) -> PollOutcome:
+def _retried(store_once: Callable[[], T], failed: Callable[[Exception], T], name: str) -> T:
     """Run a store transaction; one that lost SQLite's write lock (to another process) is redone whole,
     any other failure is recorded by ``failed``."""
     for attempt in range(1, STORE_ATTEMPTS + 1):
@@ -539,26 +539,23 @@ def _write_unchanged(ctx: Context, polls: Sequence[store.UnchangedPoll], *, take
 
 
 def _write_polls(ctx: Context, polls: Sequence[store.UnchangedPoll]) -> None:
-    for attempt in range(1, STORE_ATTEMPTS + 1):
-        try:
-            with ctx.stages.write, _engine(ctx).begin() as c:
-                store.record_unchanged(c, polls)
-            return
-        except OperationalError as e:
-            if attempt < STORE_ATTEMPTS and "locked" in str(e):
-                time.sleep(0.2 * attempt)
-                continue
-            error: Exception = e
-        except SQLAlchemyError as e:
-            error = e
-        names = ", ".join(repr(p.outcome.source) for p in polls)
+    names = ", ".join(repr(p.outcome.source) for p in polls)
+
+    def once() -> None:
+        with ctx.stages.write, _engine(ctx).begin() as c:
+            store.record_unchanged(c, polls)
+
+    def failed(error: Exception) -> None:
+        if not isinstance(error, SQLAlchemyError):
+            raise error  # a bug, not the database: the worker logs it with its traceback
         log.error(
             "store: could not record %d unchanged poll(s) (source %s): %s; polled again when the lease ends",
             len(polls),
             names,
             store.db_problem(error),
         )
-        return
+
+    _retried(once, failed, names)
 
 
 def _engine(ctx: Context) -> Engine:

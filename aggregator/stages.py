@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from datetime import datetime
+from typing import TypeVar
 
 from aggregator.errors import AggregatorError, ParseError
 from aggregator.model import FeedMeta, Item, ParsedFeed, RawEntry, Source
@@ -22,6 +23,7 @@ from aggregator.normalize import normalize_entry, raw_identity
 from aggregator.parse import parse_feed
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 Parsed = tuple[FeedMeta, list[Item], str | None]  # feed metadata, normalized items, problems worth showing
 # feed metadata, the items normalized, how many entries were left as stored (not normalized), problems
@@ -124,12 +126,12 @@ class Stages:
         self.handoff.reserve()
         if self.pool is None:
             return parse_fresh(source, body, url, content_type, now, known)
-        parsed = self.pool.submit(_parse_in_pool, source, body, url, content_type).result()
+        parsed = self.pool.submit(_in_pool, parse_identities, source, body, url, content_type).result()
         if isinstance(parsed, str):
             raise ParseError(parsed)
         document, identities = parsed
         todo, same = fresh_entries(document.entries, identities, known)
-        done = self.pool.submit(_normalize_in_pool, source, document.meta, todo, url, now).result()
+        done = self.pool.submit(_in_pool, normalize_entries, source, document.meta, todo, url, now).result()
         if isinstance(done, str):
             raise ParseError(done)
         items, problem = done
@@ -199,23 +201,11 @@ def _problems(*problems: str | None) -> str | None:
     return "; ".join(p for p in problems if p) or None
 
 
-def _parse_in_pool(
-    source: Source, body: bytes, url: str, content_type: str | None
-) -> tuple[ParsedFeed, Identities] | str:
-    """parse_identities in a pool process; an AggregatorError comes back as its message (the exception
-    classes take keyword arguments, which pickling drops)."""
+def _in_pool(function: Callable[..., R], *args: object) -> R | str:
+    """``function(*args)`` in a pool process; an AggregatorError comes back as its message (the
+    exception classes take keyword arguments, which pickling drops)."""
     try:
-        return parse_identities(source, body, url, content_type)
-    except AggregatorError as e:
-        return str(e)
-
-
-def _normalize_in_pool(
-    source: Source, meta: FeedMeta, entries: Todo, url: str, now: datetime
-) -> tuple[list[Item], str | None] | str:
-    """normalize_entries in a pool process (an AggregatorError comes back as its message)."""
-    try:
-        return normalize_entries(source, meta, entries, url, now)
+        return function(*args)
     except AggregatorError as e:
         return str(e)
 

@@ -81,11 +81,14 @@ class _States:
             known = self._known.get(name)
             if known is not None and time.monotonic() - known[0] < self._revalidate:
                 return known[1]
-            started = time.monotonic()
-            with self._sessions() as s:
-                state = store.topic_state(s, name)
-            self.offer(name, started, state)
-            return state
+            return self._read(name)
+
+    def _read(self, name: str) -> store.TopicState:
+        started = time.monotonic()
+        with self._sessions() as s:
+            state = store.topic_state(s, name)
+        self.offer(name, started, state)
+        return state
 
     def peek(self, name: str, margin: float) -> store.TopicState | None:
         """The state ``get`` would return without the store for at least ``margin`` more seconds, or
@@ -103,10 +106,7 @@ class _States:
 
     def _refresh(self, name: str) -> None:
         try:
-            started = time.monotonic()
-            with self._sessions() as s:
-                state = store.topic_state(s, name)
-            self.offer(name, started, state)
+            self._read(name)
         except SQLAlchemyError as e:  # the next request past the expiry reads it and answers 503
             log.debug("web: topic %s: the store cannot be read ahead: %s", name, store.db_problem(e))
         finally:
@@ -154,12 +154,11 @@ class _Feeds:
     def in_memory(self, method: str, path: str, query: str) -> bool:
         """Whether the fast path answers this request from memory, without reading the store for the
         next INLINE_MARGIN seconds (the server may then answer it in its event-loop thread)."""
-        if method not in ("GET", "HEAD") or not path.startswith("/topics/"):
+        key = _feed_key(method, path, query)
+        if key is None:
             return False
-        name, _, fmt = path[8:].rpartition(".")
-        page = 1 if not query else _PAGES.get(query)
-        hit = self._cache.get((name, fmt, page)) if page else None
-        return hit is not None and hit.state == self.states.peek(name, INLINE_MARGIN)
+        hit = self._cache.get(key)
+        return hit is not None and hit.state == self.states.peek(key[0], INLINE_MARGIN)
 
     def get(self, name: str, fmt: str, page: int) -> _Rendered:
         """The current page, rendered when needed; _NoSuchPage when the topic has fewer pages."""
@@ -342,13 +341,12 @@ def _fast_path(feeds: _Feeds, flask_app: WSGIApplication) -> WSGIApplication:
     request object, ready-made headers. Anything else, misses included, goes to the Flask app."""
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path.startswith("/topics/") and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
-            name, _, fmt = path[8:].rpartition(".")
-            query = environ.get("QUERY_STRING", "")
-            page = 1 if not query else _PAGES.get(query)
+        key = _feed_key(
+            environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
+        )
+        if key is not None:
             try:
-                rendered = feeds.lookup(name, fmt, page) if page else None
+                rendered = feeds.lookup(*key)
             except SQLAlchemyError:
                 rendered = None  # Flask answers it: 503
             if rendered is not None:
@@ -362,6 +360,15 @@ def _fast_path(feeds: _Feeds, flask_app: WSGIApplication) -> WSGIApplication:
 
 
 _PAGES = {f"page={n}": n for n in range(1, 101)}  # the query strings the fast path understands
+
+
+def _feed_key(method: str, path: str, query: str) -> tuple[str, str, int] | None:
+    """(topic, format, page) of a GET or HEAD the fast path may answer from the cache, or None."""
+    if method not in ("GET", "HEAD") or not path.startswith("/topics/"):
+        return None
+    name, _, fmt = path[8:].rpartition(".")
+    page = 1 if not query else _PAGES.get(query)
+    return (name, fmt, page) if page else None
 
 
 def _answer(rendered: _Rendered, environ: WSGIEnvironment) -> tuple[str, Headers, bytes]:

@@ -415,3 +415,13 @@ def period_feed(n: int, entries: list[int], base: str) -> bytes:
         f"<description>feed {n}</description><language>en</language>{''.join(reversed(items))}"
         "</channel></rss>"
     ).encode()
+
+
+class Clock:
+    """A settable clock for the worker: ``clock.now`` is what it reads."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now

@@ -17,7 +17,7 @@ import pytest
 import requests
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import PG_ADMIN, ROOT, GateServer, postgres_database
+from conftest import PG_ADMIN, ROOT, Clock, GateServer, postgres_database
 from runcli import environment, finish, start
 from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -273,14 +273,6 @@ def test_two_workers_share_one_per_host_limit(
     assert sorted(gate.paths) == [f"/feed-{i}" for i in range(4)] and gate.peak == 2
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def test_a_young_lease_is_polled_at_once_and_an_old_one_renewed_first(
     sessions: sessionmaker[Session], http: requests.Session, gate: GateServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -292,7 +284,7 @@ def test_a_young_lease_is_polled_at_once_and_an_old_one_renewed_first(
 
     real = store.renew_lease
     monkeypatch.setattr(store, "renew_lease", renew)
-    clock = Clock()
+    clock = Clock(NOW)
     configured = synced(sessions, *(gate.url(f"/feed-{i}") for i in range(3)))
     fetcher = functools.partial(fetch, http, limits=HostLimits(per_host=10))
     ctx = Context.build(configured, [], sessions, fetcher)

@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import requests
-from conftest import GateServer
+from conftest import Clock, GateServer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,14 +23,6 @@ from aggregator.store.tables import SourceRow
 from aggregator.worker import Worker
 
 NOW = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def setup(
@@ -62,7 +54,7 @@ def test_dispatch_keeps_the_pool_busy_and_never_doubles_a_source(
     sessions: sessionmaker[Session], http: requests.Session, gate: GateServer
 ) -> None:
     ctx, _ = setup(sessions, http, gate, count=7, per_host=10)
-    clock = Clock()
+    clock = Clock(NOW)
     worker = Worker(ctx, threads=2, clock=clock)
     try:
         first = worker.dispatch()
@@ -82,7 +74,7 @@ def test_per_host_limit_holds_across_the_workers_threads(
     sessions: sessionmaker[Session], http: requests.Session, gate: GateServer
 ) -> None:
     ctx, sources = setup(sessions, http, gate, count=6, per_host=2)
-    worker = Worker(ctx, threads=6, clock=Clock())
+    worker = Worker(ctx, threads=6, clock=Clock(NOW))
     try:
         assert len(worker.dispatch()) == 6
         gate.wait_for(2)
@@ -101,7 +93,7 @@ def test_a_source_still_in_flight_is_not_dispatched_again_when_its_lease_expires
     sessions: sessionmaker[Session], http: requests.Session, gate: GateServer
 ) -> None:
     ctx, _ = setup(sessions, http, gate, count=3, per_host=10)
-    clock = Clock()
+    clock = Clock(NOW)
     worker = Worker(ctx, threads=2, clock=clock)  # room for 4: a free slot remains
     try:
         assert sorted(worker.dispatch()) == ["s0", "s1", "s2"]
@@ -141,7 +133,7 @@ def test_unchanged_polls_are_written_by_the_next_dispatch_and_keep_their_leases_
     gate.gate.set()  # answer at once: the same tiny feed every time (an unchanged body)
     ctx, _ = setup(sessions, http, gate, count=3, per_host=10)
     ctx = replace(ctx, unchanged=UnchangedPolls(batch=50))
-    clock = Clock()
+    clock = Clock(NOW)
     worker = Worker(ctx, threads=3, clock=clock, owner="w1")
     assert sorted(worker.dispatch()) == ["s0", "s1", "s2"]
     finish_polls(worker, 3)  # first polls: stored (written at once)

@@ -16,6 +16,7 @@ from aggregator.store.leases import (
     lease_sources,
     leases_per_host,
     new_owner,
+    queue_depth,
     release_leases,
     renew_lease,
     url_host,
@@ -53,7 +54,7 @@ from aggregator.store.repo import (
     topic_state,
     topic_stats,
 )
-from aggregator.store.stats import queue_depth, recent_polls
+from aggregator.store.stats import recent_polls
 from aggregator.store.stories import (
     Explanation,
     Member,

@@ -56,6 +56,26 @@ def _unleased(now: datetime) -> ColumnElement[bool]:
     return or_(SourceRow.lease_expires_at.is_(None), SourceRow.lease_expires_at <= now)
 
 
+def _active() -> ColumnElement[bool]:
+    """Enabled configured sources, not retired: the ones workers poll."""
+    return SourceRow.enabled & SourceRow.in_config & ~SourceRow.retired
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    """Active sources due by ``now`` (leased or not)."""
+    return _active() & (SourceRow.next_due_at <= now)
+
+
+def _lease(s: Session, ids: Collection[int], owner: str, until: datetime) -> None:
+    if ids:
+        s.execute(
+            update(SourceRow)
+            .where(SourceRow.id.in_(list(ids)))
+            .values(lease_owner=owner, lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def claim_due_sources(
     s: Session,
     now: datetime,
@@ -72,8 +92,7 @@ def claim_due_sources(
     owner = owner or new_owner("claim")
     query = (
         select(SourceRow.id, SourceRow.name, SourceRow.host)  # no ORM objects: one UPDATE leases them
-        .where(SourceRow.enabled, SourceRow.in_config, ~SourceRow.retired, SourceRow.next_due_at <= now)
-        .where(_unleased(now))
+        .where(_due(now), _unleased(now))
         .order_by(SourceRow.next_due_at, SourceRow.id)
         .limit(limit)
     )
@@ -99,13 +118,7 @@ def claim_due_sources(
             held[row.host] = held.get(row.host, 0) + 1
         ids.append(row.id)
         claimed.append(row.name)
-    if ids:
-        s.execute(
-            update(SourceRow)
-            .where(SourceRow.id.in_(ids))
-            .values(lease_owner=owner, lease_expires_at=now + lease)
-            .execution_options(synchronize_session=False)
-        )
+    _lease(s, ids, owner, now + lease)
     return claimed
 
 
@@ -131,13 +144,7 @@ def lease_sources(
     for name in wanted:  # skipped by SKIP LOCKED: another claimer holds the row now
         if name not in free and name not in busy:
             busy[name] = now + lease
-    if free:
-        s.execute(
-            update(SourceRow)
-            .where(SourceRow.id.in_(list(free.values())))
-            .values(lease_owner=owner, lease_expires_at=now + lease)
-            .execution_options(synchronize_session=False)
-        )
+    _lease(s, free.values(), owner, now + lease)
     return [n for n in wanted if n in free], busy
 
 
@@ -149,6 +156,14 @@ def leases_per_host(s: Session, now: datetime) -> dict[str, int]:
         .group_by(SourceRow.host)
     )
     return {host: count for host, count in s.execute(query) if host is not None}
+
+
+def queue_depth(s: Session, now: datetime) -> tuple[int, int]:
+    """(sources a claim would take now, were there no per-host limit; enabled configured sources under
+    an unexpired lease) (GET /metrics)."""
+    due = s.scalar(select(func.count()).where(_due(now), _unleased(now)))
+    held = s.scalar(select(func.count()).where(_active(), SourceRow.lease_expires_at > now))
+    return due or 0, held or 0
 
 
 def renew_lease(s: Session, name: str, owner: str, now: datetime, lease: timedelta) -> bool:
