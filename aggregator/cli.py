@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -350,7 +351,7 @@ def cmd_build(args: argparse.Namespace, out: Console) -> int:
                     site_url=f"{base}/topics/{topic.name}",
                     updated=st.last_change if st else None,
                 )
-                (folder / f"{topic.name}.{fmt}").write_bytes(body)
+                write_atomically(folder / f"{topic.name}.{fmt}", body)  # a server never serves half of it
                 written += 1
     out.print(f"wrote {written} feed files for {len(app.settings.topics)} topics under {folder}")
     return 0
@@ -367,6 +368,33 @@ def cmd_export(args: argparse.Namespace, out: Console) -> int:
     if args.out:
         out.print(f"exported {count} items to {args.out}")
     return 0
+
+
+def write_atomically(
+    path: Path, data: bytes, check: Callable[[Path], object] | None = None, *, keep: bool = True
+) -> None:
+    """Write ``data`` to a temporary file beside ``path``, run ``check`` on it, then rename it over
+    ``path``, so that a reader sees the old file or the new one, never part of it. The new file has the
+    old one's permissions, or (a new file) those ``open(path, "w")`` would give. When writing fails,
+    ``check`` raises or ``keep`` is false (a dry run), ``path`` is left as it was and the temporary file
+    removed; an OSError comes out as an AggregatorError naming the file."""
+    target = path.resolve()  # a symlinked config: write its target, keep the link
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        with open(tmp, "xb") as stream:  # mode 0o666 less the umask, as for any new file
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
+        if check is not None:
+            check(tmp)
+        if keep:
+            os.replace(tmp, target)
+    except OSError as e:
+        raise AggregatorError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -461,7 +489,7 @@ def cmd_opml_export(args: argparse.Namespace, out: Console) -> int:
     for warning in warnings:
         out.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     if args.out and args.out != "-":
-        opml.write_atomically(Path(args.out), body)
+        write_atomically(Path(args.out), body)
         out.print(f"exported {len(settings.sources)} sources to {args.out}", highlight=False)
     else:
         sys.stdout.buffer.write(body)
@@ -523,7 +551,7 @@ def cmd_opml_import(args: argparse.Namespace, out: Console) -> int:
         if missing:  # pragma: no cover - a safety net for the text edit
             raise ConfigError(f"{settings.path}: the edit lost sources {sorted(missing)}; unchanged")
 
-    opml.write_atomically(settings.path, new_text.encode("utf-8"), check, keep=not args.dry_run)
+    write_atomically(settings.path, new_text.encode("utf-8"), check, keep=not args.dry_run)
     if args.dry_run:
         out.print(f"dry run: {summary}; {settings.path} would get:", highlight=False)
         out.print(escape(opml.append_sources("sources:\n", [a.entry for a in plan.added])), highlight=False)
@@ -569,7 +597,8 @@ def cmd_db(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, out: Console) -> int:
-    """Delete items older than the retention (``retention: {days: N}`` or ``--days N``); tombstones stay."""
+    """Delete items older than the retention (``retention: {days: N}`` or ``--days N``), each leaving a
+    tombstone, and the tombstones of keys that no poll has seen for as long."""
     settings = load(args)
     days = args.days if args.days is not None else settings.retention.days
     if days is None:
@@ -581,10 +610,11 @@ def cmd_prune(args: argparse.Namespace, out: Console) -> int:
     at = now()
     with app.sessions.begin() as s:
         result = store.prune_items(s, at - timedelta(days=days), at, dry_run=args.dry_run)
-    verb = "would delete" if args.dry_run else "deleted"
+    verb, expire = ("would delete", "would expire") if args.dry_run else ("deleted", "expired")
     out.print(
         f"{verb} {result.items} items published and first seen more than {days} days ago; "
-        f"{result.tombstones} tombstones keep them from coming back"
+        f"{expire} {result.expired} tombstones of items no poll has seen for {days} days; "
+        f"{result.tombstones} tombstones keep pruned items from coming back"
     )
     return 0
 

@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from aggregator.dedup import content_hash, identity_key, item_uid
@@ -72,13 +73,23 @@ _FALLBACK_TITLE_CHARS = 80
 NORMALIZER_VERSION = 1
 
 
-def raw_identity(raw: RawEntry, *, source: Source, feed: FeedMeta, feed_url: str) -> tuple[str | None, str]:
+class RawIdentity(NamedTuple):
+    """What raw_identity finds out about an entry before it is normalized."""
+
+    key: str | None  # the identity key, None when it needs the entry's text
+    hash: str  # of everything normalize_entry reads but ``now``
+    url: str | None  # the canonical URL, worked out for an entry without a guid (else None)
+
+
+def raw_identity(raw: RawEntry, *, source: Source, feed: FeedMeta, feed_url: str) -> RawIdentity:
     """What the store compares before normalizing an entry again: the identity key normalize_entry gives
     it when the guid or the link decides it (None when the key needs its text: such an entry is always
     normalized), and a hash of everything normalize_entry reads except ``now`` (the entry's fields, the
     base URL, the feed's language, the source's settings). The same key and hash as the stored item's
-    mean the same title and text, so the same content hash: nothing to update."""
+    mean the same title and text, so the same content hash: nothing to update. An entry without a guid
+    needs its canonical URL for the key; it comes back too, so normalize_entry does not work it out again."""
     base = raw.base or feed_url
+    url: str | None = None
     if raw.guid is not None and raw.guid.strip():  # dedup.identity_key, without the text
         key: str | None = "guid:" + raw.guid.strip()
     else:
@@ -93,7 +104,7 @@ def raw_identity(raw: RawEntry, *, source: Source, feed: FeedMeta, feed_url: str
         source.strip_params,
         source.boilerplate,
     )
-    return key, hashlib.blake2b(repr(inputs).encode(), digest_size=16).hexdigest()
+    return RawIdentity(key, hashlib.blake2b(repr(inputs).encode(), digest_size=16).hexdigest(), url)
 
 
 def normalize_entry(
@@ -103,13 +114,13 @@ def normalize_entry(
     feed: FeedMeta,
     feed_url: str,
     now: datetime,
-    raw_hash: str | None = None,
+    identity: RawIdentity | None = None,
 ) -> Item:
     """The Item for ``raw``: relative links resolve against ``raw.base`` or ``feed_url``; the source's
-    ``strip_params`` and ``boilerplate`` apply on top of the built-in lists. ``raw_hash`` (raw_identity's)
-    is kept on the Item for the store."""
+    ``strip_params`` and ``boilerplate`` apply on top of the built-in lists. ``identity`` (raw_identity's
+    for ``raw``): its hash is kept on the Item for the store, its canonical URL is not worked out again."""
     base = raw.base or feed_url
-    url = canonical_url(raw.link, base, extra_params=source.strip_params)
+    url = (identity and identity.url) or canonical_url(raw.link, base, extra_params=source.strip_params)
     link = resolve_url(raw.link, base) if url else None
     furniture = boilerplate_pattern(source.boilerplate)
     html, text = clean_html_text(raw.content or raw.summary or "", base, boilerplate=furniture)
@@ -140,7 +151,7 @@ def normalize_entry(
         enclosures=enclosures,
         image=lead_image(raw.image, base, enclosures, html),
         flags=flags,
-        raw_hash=raw_hash,
+        raw_hash=identity.hash if identity is not None else None,
     )
 
 

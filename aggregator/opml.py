@@ -10,7 +10,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ __all__ = [
     "plan_import",
     "raw_sources",
     "read_opml_file",
-    "write_atomically",
 ]
 
 NS = "https://github.com/aggregator/aggregator/opml/1"  # the per-source options (aggregator:interval, ...)
@@ -484,31 +482,6 @@ def _dump(entry: Mapping[str, Any]) -> str:
 
 def _flow(entry: Mapping[str, Any]) -> str:
     return yaml.dump(dict(entry), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1 << 16).strip()
-
-
-def write_atomically(
-    path: Path, data: bytes, check: Callable[[Path], object] | None = None, *, keep: bool = True
-) -> None:
-    """Write ``data`` to a temporary file beside ``path``, run ``check`` on it, then rename it over
-    ``path`` (same permissions). If ``check`` raises, or ``keep`` is false (a dry run), ``path`` is
-    untouched and the temporary file removed."""
-    target = path.resolve()  # a symlinked config: write its target, keep the link
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        if target.exists():
-            os.chmod(tmp, target.stat().st_mode & 0o7777)
-        if check is not None:
-            check(tmp)
-        if keep:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------- export

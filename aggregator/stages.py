@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from aggregator.errors import AggregatorError, ParseError
 from aggregator.model import FeedMeta, Item, ParsedFeed, RawEntry, Source
-from aggregator.normalize import normalize_entry, raw_identity
+from aggregator.normalize import RawIdentity, normalize_entry, raw_identity
 from aggregator.parse import parse_feed
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ Parsed = tuple[FeedMeta, list[Item], str | None]  # feed metadata, normalized it
 Fresh = tuple[FeedMeta, list[Item], int, str | None]
 # identity keys -> the raw hash stored under each (keys not stored are absent): store.raw_hashes
 Known = Callable[[Sequence[str]], Mapping[str, str | None]]
-Identities = list[tuple[str | None, str]]  # per entry: normalize.raw_identity
-Todo = list[tuple[int, RawEntry, str]]  # entries to normalize: (index in the document, entry, raw hash)
+Identities = list[RawIdentity]  # per entry: normalize.raw_identity
+Todo = list[tuple[int, RawEntry, RawIdentity]]  # entries to normalize, with their index in the document
 
 
 HANDOFF_PATIENCE = 10.0  # seconds a parse waits for the writers before going ahead anyway
@@ -186,13 +186,13 @@ def fresh_entries(entries: Sequence[RawEntry], identities: Identities, known: Kn
     """The entries to normalize, and how many are left out: those whose identity key is the document's
     only one with that key (so it stays the item's key: dedup.disambiguate leaves it alone) and whose
     raw hash is the one stored under that key (one lookup for the document)."""
-    counts = Counter(key for key, _ in identities)
+    counts = Counter(identity.key for identity in identities)
     unique = [key for key, count in counts.items() if key is not None and count == 1]
     stored = known(unique) if unique else {}
     todo = [
-        (index, raw, raw_hash)
-        for index, (raw, (key, raw_hash)) in enumerate(zip(entries, identities, strict=True))
-        if key is None or counts[key] > 1 or stored.get(key) != raw_hash
+        (index, raw, identity)
+        for index, (raw, identity) in enumerate(zip(entries, identities, strict=True))
+        if identity.key is None or counts[identity.key] > 1 or stored.get(identity.key) != identity.hash
     ]
     return todo, len(entries) - len(todo)
 
@@ -213,13 +213,13 @@ def _in_pool(function: Callable[..., R], *args: object) -> R | str:
 def normalize_entries(
     source: Source, meta: FeedMeta, entries: Todo, feed_url: str, now: datetime
 ) -> tuple[list[Item], str | None]:
-    """Normalize the (index, entry, raw hash) ``entries``; one bad entry is skipped and reported, not
+    """Normalize the (index, entry, raw identity) ``entries``; one bad entry is skipped and reported, not
     fatal to the feed."""
     items, failures = [], []
-    for index, raw, raw_hash in entries:
+    for index, raw, identity in entries:
         try:
             items.append(
-                normalize_entry(raw, source=source, feed=meta, feed_url=feed_url, now=now, raw_hash=raw_hash)
+                normalize_entry(raw, source=source, feed=meta, feed_url=feed_url, now=now, identity=identity)
             )
         except Exception as e:
             log.exception("source %r: entry %d could not be normalized", source.name, index)

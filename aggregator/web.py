@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 60  # Cache-Control max-age of feed responses
-CACHE_ENTRIES = 1024  # rendered pages kept per process; all are dropped when full (old pages are rare)
+CACHE_ENTRIES = 1024  # rendered pages kept per process; when full, the least recently used one goes
 GZIP_LEVEL = 6  # each rendered page is compressed once, for the clients that accept gzip
 REVALIDATE = publish.REVALIDATE  # seconds a topic's state is trusted before the store is asked again
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -119,14 +120,45 @@ class _States:
             self._known[name] = (started, state)
 
 
+PageKey = tuple[str, str, int]  # (topic, format, page)
+
+
+class _Recent:
+    """Rendered pages, at most ``size``: keeping one more drops the least recently used, so the pages
+    clients keep asking for stay while one-off ones (old pages, a crawler's sweep) pass through.
+
+    No lock (a hit costs about 0.1 µs more than a dict lookup, with a lock 0.5 µs): each OrderedDict
+    call is atomic under the GIL, and the races left are harmless (a page pushed out between a hit's
+    two calls is a miss; two threads keeping a page at once drop one page each)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pages: OrderedDict[PageKey, _Rendered] = OrderedDict()
+
+    def get(self, key: PageKey) -> _Rendered | None:
+        try:
+            hit = self._pages[key]
+            self._pages.move_to_end(key)
+        except KeyError:  # not kept, or pushed out by another thread between the two calls
+            return None
+        return hit
+
+    def put(self, key: PageKey, page: _Rendered) -> None:
+        self._pages.pop(key, None)  # a page kept again goes to the end: no call that can miss
+        self._pages[key] = page
+        if len(self._pages) > self._size:
+            self._pages.popitem(last=False)
+
+
 class _NoSuchPage(Exception):
     def __init__(self, pages: int) -> None:
         self.pages = pages
 
 
 class _Feeds:
-    """Rendered topic feeds by (topic, format, page), each kept while its topic's state holds. A hit
-    costs a dictionary lookup; a miss renders once per key while concurrent requests for it wait."""
+    """Rendered topic feeds by (topic, format, page), each kept while its topic's state holds and it is
+    among the CACHE_ENTRIES most recently used. A hit costs a dictionary lookup; a miss renders once per
+    key while concurrent requests for it wait."""
 
     def __init__(
         self,
@@ -141,7 +173,7 @@ class _Feeds:
         self._base = base
         self._hub = hub
         self.states = _States(sessions, revalidate)
-        self._cache: dict[tuple[str, str, int], _Rendered] = {}
+        self._cache = _Recent(CACHE_ENTRIES)
         self._locks = [threading.Lock() for _ in range(32)]
 
     def lookup(self, name: str, fmt: str, page: int) -> _Rendered | None:
@@ -167,9 +199,7 @@ class _Feeds:
             hit = self.lookup(name, fmt, page)
             if hit is None:
                 hit = self._render(self.topics[name], fmt, page)
-                if len(self._cache) >= CACHE_ENTRIES:
-                    self._cache.clear()
-                self._cache[key] = hit
+                self._cache.put(key, hit)
             return hit
 
     def _render(self, topic: Topic, fmt: str, page: int) -> _Rendered:

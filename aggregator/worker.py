@@ -88,8 +88,9 @@ class Worker:
 
     def prune(self) -> int:
         """Delete the items older than ``retention`` (what ``python run.py prune`` does); each leaves a
-        tombstone. Several workers may prune at once: the second finds nothing left. Returns the number
-        of items deleted (0 when the database cannot be reached: the next run tries again)."""
+        tombstone, and tombstones no poll has seen for as long expire. Several workers may prune at once:
+        the second finds nothing left. Returns the number of items deleted (0 when the database cannot be
+        reached: the next run tries again)."""
         if self.retention is None:
             return 0
         now = self.clock()
@@ -99,8 +100,13 @@ class Worker:
         except Exception as e:
             log.warning("worker: could not prune old items (%s); trying again later", store.db_problem(e))
             return 0
-        if result.items:
-            log.info("worker: pruned %d items older than %s (retention.days)", result.items, self.retention)
+        if result.items or result.expired:
+            log.info(
+                "worker: pruned %d items older than %s (retention.days); %d tombstones expired",
+                result.items,
+                self.retention,
+                result.expired,
+            )
         return result.items
 
     def dispatch(self) -> list[str]:

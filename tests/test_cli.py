@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from typing import Any
 import pytest
 from conftest import REAL, VALIDATORS, FeedServer, free_port
 from feedcheck import jsonfeed_validator
-from runcli import TIMEOUT, environment, finish, start, table
+from runcli import RUN, TIMEOUT, environment, finish, start, table
 
 pytestmark = pytest.mark.skipif(not REAL.exists(), reason="shared corpus missing")
 
 ATOM_RNG = VALIDATORS / "atom-schema" / "atom.rng"
+ATOM = "{http://www.w3.org/2005/Atom}"
 EXPORT_FIELDS = {
     "id",
     "source",
@@ -411,7 +413,23 @@ def test_build_writes_valid_feeds_for_every_topic(site: Site, exported: list[dic
     assert "wrote 9 feed files for 3 topics under public/topics" in done.stdout
     names = ["everything", "beatrice", "apple"]
     files = {f"{n}.{fmt}" for n in names for fmt in ("rss", "atom", "json")}
-    assert {p.name for p in (out / "topics").iterdir()} == files
+    assert {p.name for p in (out / "topics").iterdir()} == files  # no temporary file left behind
+    probe = out / "probe"  # what any new file gets here (the umask's permissions)
+    probe.write_bytes(b"")
+    assert {(out / "topics" / f).stat().st_mode for f in files} == {probe.stat().st_mode}
+    probe.unlink()
+    validator = jsonfeed_validator()
+    for name in names:
+        feed = json.loads((out / "topics" / f"{name}.json").read_text(encoding="utf-8"))
+        assert feed["version"] == "https://jsonfeed.org/version/1.1"
+        assert feed["feed_url"] == f"https://feeds.example.org/topics/{name}.json"
+        validator.validate(feed)
+        rss = ET.parse(out / "topics" / f"{name}.rss").getroot()
+        assert (rss.tag, rss.get("version")) == ("rss", "2.0")
+        atom = ET.parse(out / "topics" / f"{name}.atom").getroot()
+        assert len(atom.findall(f"{ATOM}entry")) == len(rss.findall("channel/item")) == len(feed["items"])
+    everything = json.loads((out / "topics" / "everything.json").read_text(encoding="utf-8"))
+    assert len(everything["items"]) == len(exported)
     xmllint = shutil.which("xmllint")
     if xmllint is None or not ATOM_RNG.exists():
         pytest.skip("xmllint or the Atom schema is missing")
@@ -423,16 +441,44 @@ def test_build_writes_valid_feeds_for_every_topic(site: Site, exported: list[dic
         timeout=TIMEOUT,
     )
     assert checked.returncode == 0, checked.stderr
-    validator = jsonfeed_validator()
-    for name in names:
-        feed = json.loads((out / "topics" / f"{name}.json").read_text(encoding="utf-8"))
-        assert feed["version"] == "https://jsonfeed.org/version/1.1"
-        assert feed["feed_url"] == f"https://feeds.example.org/topics/{name}.json"
-        validator.validate(feed)
-        rss = ET.parse(out / "topics" / f"{name}.rss").getroot()
-        assert (rss.tag, rss.get("version")) == ("rss", "2.0")
-    everything = json.loads((out / "topics" / "everything.json").read_text(encoding="utf-8"))
-    assert len(everything["items"]) == len(exported)
+
+
+# Runs run.py under a file size limit (bytes); Python ignores SIGXFSZ, so a write past it fails (EFBIG)
+# as on a full disk. The limit is below everything.rss (~170 kB); build only reads the store.
+LIMITED = """\
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+OLD_RSS = b'<?xml version="1.0"?><rss version="2.0"><channel><title>the last build</title></channel></rss>'
+
+
+def test_build_that_fails_mid_file_leaves_the_previous_file_whole(
+    site: Site, exported: list[dict[str, Any]]
+) -> None:
+    topics = site.dir / "limited" / "topics"
+    topics.mkdir(parents=True)
+    (topics / "everything.rss").write_bytes(OLD_RSS)
+    build = ["build", "--out", "limited", "--base-url", "https://feeds.example.org/"]
+    limited = subprocess.Popen(
+        [sys.executable, "-c", LIMITED, str(RUN), *build, "--config", str(site.config)],
+        cwd=site.dir,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+    )
+    done = finish(limited)
+    assert done.returncode == 1
+    assert "error: cannot write limited/topics/everything.rss: File too large" in done.stderr
+    assert (topics / "everything.rss").read_bytes() == OLD_RSS  # not truncated, not half the new one
+    assert [p.name for p in topics.iterdir()] == ["everything.rss"]  # no temporary file left behind
+    again = site.cli(*build)  # the next build replaces it whole
+    assert again.returncode == 0, again.stderr
+    rss = ET.parse(topics / "everything.rss").getroot()
+    assert len(rss.findall("channel/item")) == len(exported)
 
 
 # --- database, serve, run ------------------------------------------------------------------------

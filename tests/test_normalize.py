@@ -28,6 +28,7 @@ from aggregator.normalize import (
     is_boilerplate,
     normalize_entry,
     normalize_language,
+    raw_identity,
     remove_boilerplate_text,
 )
 
@@ -857,3 +858,20 @@ def test_real_titles_are_plain_one_line_text() -> None:
             assert item.title and item.title == " ".join(item.title.split())
             assert "<" not in item.title and "&amp;" not in item.title and "CDATA" not in item.title
             assert "&#" not in item.title and "&quot;" not in item.title
+
+
+@pytest.mark.parametrize("name", ["heise-1.xml", "bbc-news-1.xml"])  # no guids; guids
+def test_normalize_entry_takes_the_canonical_url_raw_identity_worked_out(name: str) -> None:
+    """An entry without a guid needs its canonical URL for raw_identity's key: normalize_entry takes it
+    from there rather than working it out again, and makes the Item it makes without it."""
+    meta, entries, url = corpus_entries(name)
+    source = Source(name=name.split(".")[0], url=url)
+    for raw in entries:
+        identity = raw_identity(raw, source=source, feed=meta, feed_url=url)
+        item = normalize_entry(raw, source=source, feed=meta, feed_url=url, now=NOW, identity=identity)
+        alone = normalize_entry(raw, source=source, feed=meta, feed_url=url, now=NOW)
+        assert item == replace(alone, raw_hash=identity.hash)
+        assert identity.url == (None if raw.guid else item.url)
+        given = identity._replace(url="https://example.org/given")
+        taken = normalize_entry(raw, source=source, feed=meta, feed_url=url, now=NOW, identity=given)
+        assert taken.url == given.url  # taken as given: not worked out again

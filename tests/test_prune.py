@@ -3,16 +3,28 @@ coming back, and the flags that `export` now carries. Real config files, real SQ
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
+from conftest import FeedServer
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator import cli
+from aggregator import cli, store
+from aggregator.fetch import fetch
+from aggregator.model import PollOutcome, Source
+from aggregator.pipeline import Context, poll_source
+from aggregator.store.tables import TombstoneRow
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "real"
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+RETENTION = timedelta(days=90)
 
 
 @pytest.fixture
@@ -61,7 +73,10 @@ def test_prune_deletes_old_items_and_they_never_come_back(
     assert "would delete 53 items" in capsys.readouterr().out
     assert rows(site, "SELECT count(*) FROM items") == 53
     assert run(site, "prune") == 0
-    assert "deleted 53 items" in capsys.readouterr().out
+    assert capsys.readouterr().out == (
+        "deleted 53 items published and first seen more than 90 days ago; expired 0 tombstones of items "
+        "no poll has seen for 90 days; 53 tombstones keep pruned items from coming back\n"
+    )
     assert rows(site, "SELECT count(*) FROM items") == 0
     assert rows(site, "SELECT count(*) FROM topic_items") == 0
     assert rows(site, "SELECT count(*) FROM tombstones") == 53
@@ -70,6 +85,80 @@ def test_prune_deletes_old_items_and_they_never_come_back(
     shutil.copy(REAL / "bbc-news-1.xml", site / "bbc.xml")  # 9 hours later: 20 new, 37 pruned ones
     assert run(site, "fetch", "--all") == 0
     assert rows(site, "SELECT count(*) FROM items") == 20
+
+
+def test_prune_expires_the_tombstones_no_poll_has_seen_for_the_retention(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(site, "fetch", "--all") == 0
+    age_everything(site)
+    assert run(site, "prune") == 0
+    with sqlite3.connect(site / "store.db") as db:  # the last poll that saw any of them: long ago
+        db.execute("UPDATE tombstones SET pruned_at = '2021-01-01 00:00:00.000000'")
+    capsys.readouterr()
+    assert run(site, "prune", "--dry-run") == 0
+    assert "would expire 53 tombstones" in capsys.readouterr().out
+    assert rows(site, "SELECT count(*) FROM tombstones") == 53
+    assert run(site, "prune") == 0
+    assert (
+        "expired 53 tombstones of items no poll has seen for 90 days; 0 tombstones" in capsys.readouterr().out
+    )
+    assert rows(site, "SELECT count(*) FROM tombstones") == 0
+    assert run(site, "fetch", "--all") == 0  # the same document: not parsed again, nothing comes back
+    assert rows(site, "SELECT count(*) FROM items") == 0
+    shutil.copy(REAL / "bbc-news-1.xml", site / "bbc.xml")  # carries 37 of them again: they come back
+    assert run(site, "fetch", "--all") == 0
+    assert rows(site, "SELECT count(*) FROM items") == 57
+
+
+def tombstones(sessions: sessionmaker[Session]) -> dict[str, datetime]:
+    with sessions() as s:
+        return {row.key: row.pruned_at for row in s.scalars(select(TombstoneRow))}
+
+
+def test_tombstones_live_while_polls_see_their_keys_then_expire(
+    sessions: sessionmaker[Session], feed_server: FeedServer, http: requests.Session
+) -> None:
+    """bbc-news-2 (53 entries of 2021) is stored and pruned; then the feed becomes bbc-news-1, which
+    carries 37 of them: the poll that parses it and the 304s after it keep those 37 tombstones, while the
+    16 it dropped expire a retention after the prune, and come back when the feed carries them again."""
+    feed_server.routes["/bbc.xml"] = REAL / "bbc-news-2.xml"
+    source = Source("bbc", feed_server.url("/bbc.xml"))
+    ctx = Context.build([source], [], sessions, functools.partial(fetch, http))
+    with sessions.begin() as s:
+        store.sync_sources(s, [source], NOW)
+
+    def poll(at: datetime) -> PollOutcome:
+        outcome = poll_source(ctx, "bbc", at)
+        assert outcome.ok, outcome.error
+        return outcome
+
+    def prune(at: datetime, *, dry_run: bool = False) -> store.PruneResult:
+        with sessions.begin() as s:
+            return store.prune_items(s, at - RETENTION, at, dry_run=dry_run)
+
+    assert poll(NOW).new == 53
+    pruned = NOW + timedelta(days=100)
+    assert prune(pruned) == store.PruneResult(items=53, tombstones=53, expired=0)
+    feed_server.routes["/bbc.xml"] = REAL / "bbc-news-1.xml"  # 20 new entries, 37 of the pruned ones
+    assert poll(pruned + timedelta(days=10)).new == 20
+    carried = {key for key, at in tombstones(sessions).items() if at == pruned + timedelta(days=10)}
+    assert len(carried) == 37
+    for days in (40, 70, 100):  # the same document: 304 Not Modified
+        assert poll(pruned + timedelta(days=days)).status == "not_modified"
+    later = pruned + timedelta(days=101)  # 91 days after the prune, 1 after the last poll
+    assert prune(later, dry_run=True) == store.PruneResult(items=20, tombstones=53, expired=16)
+    assert prune(later) == store.PruneResult(items=20, tombstones=57, expired=16)
+    kept = tombstones(sessions)
+    assert {key for key, at in kept.items() if at == pruned + timedelta(days=100)} == carried
+    assert poll(later + timedelta(days=1)).status == "not_modified"  # no feed carries the 16: still gone
+    with sessions() as s:
+        assert store.count_items(s) == 0
+    feed_server.routes["/bbc.xml"] = REAL / "bbc-news-2.xml"  # the 37 and the 16 again
+    back = poll(later + timedelta(days=2))
+    assert back.new == 16
+    with sessions() as s:
+        assert {stored.item.key for stored in store.stored_items(s)}.isdisjoint(kept)
 
 
 def test_prune_days_on_the_command_line_override_the_config(site: Path) -> None:

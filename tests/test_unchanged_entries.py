@@ -174,11 +174,14 @@ def test_the_parse_stage_normalizes_only_what_the_store_lacks(processes: int) ->
 def test_raw_identity_key_and_hash() -> None:
     source, meta, url = Source("s", "https://x.example/feed"), FeedMeta(language="en"), "https://x.example/f"
     raw = RawEntry(guid=" 42 ", link="https://x.example/a?utm_source=x", title="T", summary="<p>Hi</p>")
-    key, digest = raw_identity(raw, source=source, feed=meta, feed_url=url)
-    assert key == "guid:42" and len(digest) == 32
-    assert raw_identity(raw, source=source, feed=meta, feed_url=url) == (key, digest)  # deterministic
+    key, digest, url_found = raw_identity(raw, source=source, feed=meta, feed_url=url)
+    assert key == "guid:42" and len(digest) == 32 and url_found is None  # the guid decides: no URL needed
+    assert raw_identity(raw, source=source, feed=meta, feed_url=url) == (key, digest, None)  # deterministic
     no_guid = RawEntry(link="https://x.example/a?utm_source=x", title="T")
-    assert raw_identity(no_guid, source=source, feed=meta, feed_url=url)[0] == "link:https://x.example/a"
+    assert raw_identity(no_guid, source=source, feed=meta, feed_url=url)[::2] == (
+        "link:https://x.example/a",
+        "https://x.example/a",
+    )
     assert raw_identity(RawEntry(title="T"), source=source, feed=meta, feed_url=url)[0] is None
     others = [  # whatever normalize_entry reads changes the hash
         (RawEntry(guid=" 42 ", link=raw.link, title="T", summary="<p>Hi!</p>"), source, meta),

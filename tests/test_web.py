@@ -286,6 +286,38 @@ def test_fast_path_answers_like_the_flask_route(client: FlaskClient) -> None:
         assert head.data == b"" and head.headers["Content-Length"] == miss.headers["Content-Length"]
 
 
+def test_a_page_in_use_stays_cached_while_one_off_pages_pass_through(
+    client: FlaskClient, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache keeps the CACHE_ENTRIES pages used last: a page asked for between every two others is
+    rendered once however many pass through (dropping the whole cache when full rendered it again);
+    a page pushed out is rendered again when asked for."""
+    monkeypatch.setattr(web, "CACHE_ENTRIES", 3)
+    rendered: list[str] = []
+    real = publish.render_feed
+
+    def counting(fmt: str, *args: Any, **kwargs: Any) -> bytes:
+        rendered.append(kwargs["feed_url"])
+        return real(fmt, *args, **kwargs)
+
+    monkeypatch.setattr(publish, "render_feed", counting)
+    c = create_app(TOPICS, sessions, "http://x", revalidate=0).test_client()
+    hot = "/topics/war.atom"
+    cold = [
+        f"/topics/{name}.{fmt}{query}"
+        for name, query in [("war", "?page=2"), ("empty", "")]
+        for fmt in publish.FORMATS
+    ]
+    cold += ["/topics/war.rss", "/topics/war.json"]
+    for path in cold:
+        assert c.get(hot).status_code == 200 and c.get(path).status_code == 200
+    assert c.get(hot).status_code == 200
+    assert rendered.count(f"http://x{hot}") == 1
+    assert len(rendered) == 1 + len(cold)  # each once
+    assert c.get(cold[0]).status_code == 200  # pushed out long ago: rendered again
+    assert len(rendered) == 2 + len(cold)
+
+
 def test_state_is_trusted_for_the_validation_period(sessions: sessionmaker[Session]) -> None:
     """Within the validation period a server keeps serving what it rendered; with revalidate=0 it
     sees every change at once (tests/test_serve_twin.py shows a change arriving within the period)."""

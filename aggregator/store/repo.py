@@ -171,9 +171,31 @@ class UnchangedPoll:
     url_reason: str | None = None
 
 
+# The time of a source's last poll that did not fail (its poll history holds the last HISTORY_LIMIT).
+_LAST_GOOD_POLL = (
+    select(PollRow.at)
+    .where(PollRow.source_id == bindparam("source"), PollRow.status != "error")
+    .order_by(PollRow.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+# A document seen again unchanged carries what it carried at that poll: the tombstones that poll stamped
+# (and those pruned since), not the older ones of keys it had dropped by then. Executed once per poll
+# (executemany): the subquery then runs once per source, not once per tombstone.
+_STILL_CARRIED = (
+    update(TombstoneRow)
+    .where(TombstoneRow.source_id == bindparam("source"), TombstoneRow.pruned_at >= _LAST_GOOD_POLL)
+    .values(pruned_at=bindparam("seen", type_=UTCDateTime()))
+)
+
+
 def record_unchanged(s: Session | Connection, polls: Sequence[UnchangedPoll]) -> None:
     """``record_poll`` for many unchanged polls at once: the same columns, each statement executed once
-    for all of them (executemany); each poll ends its source's lease as ``record_poll`` does."""
+    for all of them (executemany); each poll ends its source's lease as ``record_poll`` does. The
+    tombstones the document carries are stamped as seen, as _tombstones does for a parsed document, so
+    that a feed answering 304 for longer than the retention keeps them."""
+    if not polls:
+        return
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for poll in polls:
         columns, params = _poll_values(poll.outcome, poll.now, poll.state, None, poll.url_reason)
@@ -181,6 +203,8 @@ def record_unchanged(s: Session | Connection, polls: Sequence[UnchangedPoll]) ->
     connection = _connection(s)
     for columns, rows in shapes.items():
         connection.execute(_source_update(columns, False, True), rows)
+    # before the polls enter the history: _LAST_GOOD_POLL is then each source's poll before
+    connection.execute(_STILL_CARRIED, [{"source": p.source_id, "seen": p.now} for p in polls])
     _record_history(connection, [(p.source_id, p.outcome, p.now) for p in polls])
 
 
@@ -354,7 +378,7 @@ def save_items(
             select(ItemRow).where(ItemRow.source_id == source_id, ItemRow.key.in_(list(unique)))
         )
     }
-    buried = _tombstones(s, source_id, [key for key in unique if key not in existing])
+    buried = _tombstones(s, source_id, [key for key in unique if key not in existing], now)
     fresh = [item for key, item in unique.items() if key not in existing and key not in buried]
     inserted = _insert_items(s, source_id, fresh, now)
     result.new = [(inserted[item.key], item) for item in fresh if item.key in inserted]
@@ -406,11 +430,18 @@ def raw_hashes(s: Session | Connection, source: str, keys: Sequence[str]) -> dic
     return found
 
 
-def _tombstones(s: Session, source_id: int, keys: Sequence[str]) -> set[str]:
+def _tombstones(s: Session, source_id: int, keys: Sequence[str], now: datetime) -> set[str]:
+    """Which of ``keys`` have a tombstone, each stamped ``now`` in the same statement: the feed still
+    carries them, so prune_items keeps them until it has not for the whole retention period."""
     if not keys:
         return set()
-    query = select(TombstoneRow.key).where(TombstoneRow.source_id == source_id, TombstoneRow.key.in_(keys))
-    return set(s.scalars(query))
+    seen = (
+        update(TombstoneRow)
+        .where(TombstoneRow.source_id == source_id, TombstoneRow.key.in_(keys))
+        .values(pruned_at=now)
+        .returning(TombstoneRow.key)
+    )
+    return set(_connection(s).execute(seen).scalars())
 
 
 def item_urls(s: Session, source: str, keys: Sequence[str]) -> dict[str, str | None]:
@@ -927,12 +958,20 @@ def _schedule_inputs(
 @dataclass(frozen=True)
 class PruneResult:
     items: int  # items deleted (or that would be, in a dry run); each leaves a tombstone
-    tombstones: int  # tombstones in the store afterwards
+    tombstones: int  # tombstones in the store afterwards (a dry run: now)
+    expired: int = 0  # tombstones deleted (or that would be): no poll saw their key since the cutoff
 
 
 def prune_items(s: Session, cutoff: datetime, now: datetime, *, dry_run: bool = False) -> PruneResult:
     """Delete the items both published and first seen before ``cutoff``; each leaves a (source, key)
-    tombstone, so a feed that still carries it cannot bring it back as new. Topic memberships go too."""
+    tombstone, so a feed that still carries it cannot bring it back as new. Topic memberships go too.
+    Tombstones expire: those no poll has seen since ``cutoff`` (their ``pruned_at``, which a poll of a
+    feed still carrying the key moves on) are deleted, so the table does not grow forever; their item
+    comes back only if its feed carries it again."""
+    stale = TombstoneRow.pruned_at < cutoff
+    expired = s.scalar(select(func.count()).select_from(TombstoneRow).where(stale)) or 0
+    if expired and not dry_run:
+        s.execute(delete(TombstoneRow).where(stale))
     old = select(ItemRow.id).where(ItemRow.published < cutoff, ItemRow.first_seen < cutoff)
     count = s.scalar(select(func.count()).select_from(old.subquery())) or 0
     if count and not dry_run:
@@ -947,4 +986,4 @@ def prune_items(s: Session, cutoff: datetime, now: datetime, *, dry_run: bool = 
         s.execute(delete(TopicItemRow).where(TopicItemRow.item_id.in_(old)))
         s.execute(delete(ItemRow).where(ItemRow.id.in_(old)))
     tombstones = s.scalar(select(func.count()).select_from(TombstoneRow)) or 0
-    return PruneResult(items=count, tombstones=tombstones)
+    return PruneResult(items=count, tombstones=tombstones, expired=expired)

@@ -174,7 +174,7 @@ class TombstoneRow(Base):
 
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(Text, primary_key=True)
-    pruned_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    pruned_at: Mapped[datetime] = mapped_column(UTCDateTime)  # or when a poll last saw the key since
 
 
 class PollRow(Base):
