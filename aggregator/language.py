@@ -1,7 +1,8 @@
 """Item languages as ISO 639-1 codes: declared tags normalized ("en-GB", "ukr", "English"), checked for
 plausibility against the text's script, and detected offline with py3langid when missing or implausible.
 
-Pure: the detector model ships with py3langid and is loaded once, lazily; no network.
+Pure: the detector model ships with py3langid and is loaded once, lazily, with py3langid and numpy
+(~17 MB, the model ~9 MB more: a process whose feeds declare plausible languages loads none); no network.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ import unicodedata
 from collections import Counter
 from functools import cache
 from typing import Any
-
-import numpy as np
-from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
 # ----------------------------------------------------------------------------------------- codes
 
@@ -145,6 +143,8 @@ _SAMPLE_CHARS = 600  # enough for the detector and the script count; cost grows 
 
 @cache
 def _identifier() -> Any:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier  # numpy too: only when detecting
+
     return LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
 
 
@@ -163,6 +163,8 @@ def _classify(text: str) -> tuple[str, float]:
     """py3langid's classify, on the features the text has only: its dense uint16 x float32 product
     runs through a threaded BLAS that spins on a busy machine (2 ms a call, 10 under load); this
     sparse one, in float64, costs microseconds and gives the same language."""
+    import numpy as np  # loaded by _identifier already
+
     model = _identifier()
     features = model.instance2fv(text)
     present = np.flatnonzero(features)

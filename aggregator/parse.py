@@ -1,8 +1,9 @@
 """Turn a fetched body into FeedMeta + RawEntry values: the only user of feedparser (plus a JSON Feed reader).
 
 RSS/Atom go to fastparse.py first (fastfeedparser, 4-6x less CPU) and to feedparser when it declines
-(``parse_feed_traced`` says why). HTML is passed through unsanitized and relative URLs unresolved
-(``sanitize_html=False, resolve_relative_uris=False``): normalize.py does both, with nh3. No I/O.
+(``parse_feed_traced`` says why; feedparser is imported by the first fallback, not before). HTML is passed
+through unsanitized and relative URLs unresolved (``sanitize_html=False, resolve_relative_uris=False``):
+normalize.py does both, with nh3. No I/O.
 
 Bozo policy: a document feedparser flags as broken ("bozo") is still used when entries could be recovered;
 ``ParsedFeed.problem`` then says what was wrong ("not well-formed XML at line 12: ...", "declared encoding
@@ -22,8 +23,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
-
-import feedparser
 
 from aggregator.errors import ParseError
 from aggregator.fastparse import Rejected, enclosures, feed_timing, parse_fast
@@ -94,6 +93,8 @@ def _head(body: bytes) -> bytes:
 def _parse_with_feedparser(
     body: bytes, *, url: str, content_type: str | None, mime: str, who: str
 ) -> ParsedFeed:
+    import feedparser  # the fallback only: most processes never need it
+
     d = feedparser.parse(
         io.BytesIO(body),
         response_headers={"content-location": url, "content-type": content_type or ""},
@@ -128,6 +129,8 @@ def _parse_with_feedparser(
 
 def _bozo_message(d: Mapping[str, Any], body: bytes, content_type: str | None) -> str | None:
     """A readable line for feedparser's bozo exception (None for a missing Content-Type alone)."""
+    import feedparser  # loaded by _parse_with_feedparser already
+
     exc = d.get("bozo_exception")
     if isinstance(exc, feedparser.NonXMLContentType):
         return f"served as {content_type}, which is not an XML media type" if content_type else None

@@ -28,8 +28,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import re2  # type: ignore[import-untyped]
-
 from aggregator.errors import AggregatorError
 from aggregator.model import Item, Topic
 
@@ -600,6 +598,8 @@ def _regex_term(token: _Token, field: str | None) -> _Node:
         raise QueryError("empty regular expression", token.column)
     if len(token.value) > MAX_REGEX_CHARS:
         raise QueryError(f"regular expression longer than {MAX_REGEX_CHARS} characters", token.column)
+    import re2  # type: ignore[import-untyped]  # ~3 MB: loaded by the first regular expression only
+
     options = re2.Options()
     options.case_sensitive = False
     options.log_errors = False

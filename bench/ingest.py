@@ -7,9 +7,10 @@ corpus advanced. The server (in this parent process) listens on ``--ports`` port
 project keeps its default per-host limit (2 requests in flight per host:port), so up to 2 x ports
 requests are in flight. Per phase and side: wall seconds, entries/s (entries in the documents of the
 corpus / wall), CPU ms per feed (CPU time of the child and its pool processes: every thread, not the
-server), peak RSS (the sum of VmRSS of the child and its descendants, sampled every 20 ms, or the
-child's own ru_maxrss if higher: shared pages count once per process, so this is an upper bound); and
-the ratios reader/project of wall time and of CPU (higher is better for the project). The project's
+server), peak RSS of the phase (the sum of VmRSS of the child and its descendants, sampled every 20 ms, or the
+child's own VmHWM if higher, reset before each phase: shared pages count once per process, so this is an
+upper bound); and the ratios reader/project of wall time and of CPU (higher is better for the project).
+Above the table, each side's RSS once started (imports done, store open, nothing polled yet). The project's
 schema is created by `run.py db upgrade` in a process of its own before the child polls (Alembic, loaded
 only to migrate, is no part of a worker started on a current database), so the child holds what a
 worker holds.
@@ -19,6 +20,7 @@ worker holds.
     .venv/bin/python bench/ingest.py --full          # N=1,000
     .venv/bin/python bench/ingest.py --real          # the real feeds of ../shared/corpus/real
     .venv/bin/python bench/ingest.py --feeds 500 --latency 0 --gzip --threads 16 --profile /tmp/p.prof
+    .venv/bin/python bench/ingest.py --latency 0 --sides project --phases cold,304   # memory, quickly
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ import corpus
 from server import Corpus, CorpusServer, Synthetic
 
 PHASES = ("cold", "unchanged 304", "unchanged, no validators", "advanced")
+PHASE_KEYS = dict(zip(("cold", "304", "200", "advanced"), PHASES, strict=True))  # --phases
 SIDES = ("project", "reader")
 MARK = "@@bench "  # prefix of the child's result lines on stdout
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: run.py
@@ -73,8 +75,8 @@ def run_side(srv: CorpusServer, side: str, args: argparse.Namespace, work: Path)
     assert child.stdin and child.stdout
     results = []
     try:
-        _expect(child, "ready")
-        for phase in PHASES:
+        args.started[side] = _expect(child, "ready")["rss"]
+        for phase in args.phase_names:
             server_state(srv, phase)
             child.stdin.write(phase + "\n")
             child.stdin.flush()
@@ -137,13 +139,25 @@ def _tree(pid: int) -> list[int]:
 
 
 def _rss_kb(pid: int) -> int:
+    return _status_kb(pid, "VmRSS")
+
+
+def _status_kb(pid: int, field: str) -> int:
+    """A kB figure of /proc/PID/status (VmRSS, VmHWM); 0 once the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _reset_peak_rss() -> None:
+    """Reset this process's VmHWM to its current RSS (Linux clear_refs 5), so that each phase reports its
+    own peak, not the highest of the phases before it (ru_maxrss cannot be reset)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def table(runs: list[tuple[float, dict[str, list[dict[str, Any]]]]], args: argparse.Namespace) -> Any:
@@ -167,7 +181,7 @@ def _table_rows(
     t: Any, latency: float, rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace
 ) -> None:
     feeds, entries = args.feeds, args.entries
-    for i, phase in enumerate(PHASES):
+    for i, phase in enumerate(args.phase_names):
         got = {side: rows[side][i] for side in rows}
         for side, r in got.items():
             first = side == SIDES[0] or len(got) == 1
@@ -224,6 +238,8 @@ def parent(args: argparse.Namespace) -> int:
         finally:
             srv.stop()
         runs.append((latency, rows))
+    started = ", ".join(f"{side} {kb / 1024:.0f} MB" for side, kb in args.started.items())
+    out.print(f"RSS once started (imports, store open; the last latency's run): {started}")
     out.print(table(runs, args))
     return 0
 
@@ -322,7 +338,7 @@ def child(args: argparse.Namespace) -> int:
         poll = project_side(args.feeds, ports, args.threads, Path(args.work), args.parse_processes)
     else:
         poll = reader_side(args.feeds, ports, args.threads, Path(args.work))
-    _report({"phase": "ready"})
+    _report({"phase": "ready", "rss": sum(_rss_kb(p) for p in _tree(os.getpid()))})
     profiler = None
     for line in sys.stdin:
         phase = line.strip()
@@ -333,6 +349,7 @@ def child(args: argparse.Namespace) -> int:
 
             profiler = cProfile.Profile(time.process_time)  # CPU time: the machine is shared
             profiler.enable()
+        _reset_peak_rss()
         wall, cpu = time.perf_counter(), tree_cpu()
         new, updated, errors = poll()
         wall, cpu = time.perf_counter() - wall, tree_cpu() - cpu
@@ -340,7 +357,7 @@ def child(args: argparse.Namespace) -> int:
             profiler.disable()
             profiler.dump_stats(args.profile)
             profiler = None
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux: the peak so far
+        rss = _status_kb(os.getpid(), "VmHWM")  # this process's peak since _reset_peak_rss
         _report(dict(phase=phase, wall=wall, cpu=cpu, rss=rss, new=new, updated=updated, errors=errors))
     return 0
 
@@ -377,6 +394,11 @@ def main() -> int:
     )
     p.add_argument("--sides", default="project,reader", help="project,reader (default both)")
     p.add_argument(
+        "--phases",
+        default=",".join(PHASE_KEYS),
+        help="phases to run, in order, cold first: cold,304,200,advanced (default all; 200: no validators)",
+    )
+    p.add_argument(
         "--profile", help="write a cProfile of the project's cold ingest to this file (polls in one thread)"
     )
     p.add_argument("--profile-phase", default="cold", choices=PHASES, help="the phase --profile records")
@@ -386,6 +408,11 @@ def main() -> int:
     args = p.parse_args()
     if args.child:
         return child(args)
+    keys = args.phases.split(",")
+    if not set(keys) <= PHASE_KEYS.keys() or keys[0] != "cold":
+        p.error(f"--phases: some of {','.join(PHASE_KEYS)}, cold first (the others re-poll what it stored)")
+    args.phase_names = [PHASE_KEYS[key] for key in keys]
+    args.started = {}
     if args.full:
         args.feeds = 1000
     if args.quick:
