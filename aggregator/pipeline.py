@@ -195,13 +195,13 @@ def _raw_hashes(ctx: Context, name: str, keys: Sequence[str]) -> dict[str, str |
 
 
 def _retried(store_once: Callable[[], T], failed: Callable[[Exception], T], name: str) -> T:
-    """Run a store transaction; one that lost SQLite's write lock (to another process) is redone whole,
-    any other failure is recorded by ``failed``."""
+    """Run a store transaction; one that lost a lock to another process (SQLite's write lock, a
+    PostgreSQL deadlock) is redone whole, any other failure is recorded by ``failed``."""
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             return store_once()
-        except OperationalError as e:  # SQLite: another writer won the lock; the work is redone whole
-            if attempt == STORE_ATTEMPTS or "locked" not in str(e):
+        except OperationalError as e:  # another writer won the lock (or a deadlock): redone whole
+            if attempt == STORE_ATTEMPTS or not store.lost_lock(e):
                 return failed(e)
             log.info("source %r: database busy, storing again (attempt %d)", name, attempt + 1)
             time.sleep(0.2 * attempt)
@@ -243,7 +243,6 @@ def _store(
     with ctx.stages.write, ctx.sessions.begin() as s:  # the WebSub ping below runs outside both
         distinct = disambiguate(items, store.item_urls(s, source.name, repeated_keys(items)))
         saved = store.save_items(s, source.name, distinct, now)
-        store.link_items(s, saved.new, saved.updated, now, ctx.stories)
         match_items(ctx, s, saved.new, saved.updated, now, gained)
         stored = store.schedule_inputs(s, source.name)  # with this poll's items
         due = _plan(s, source, now, headers=result.headers, meta=meta, stored=stored)
@@ -263,6 +262,8 @@ def _store(
         )
         validators, moved = _validators(result, state, source, _hash(result.body))
         store.record_poll(s, outcome, now=now, state=validators, meta=meta, url_reason=moved)
+        # last: on PostgreSQL it waits for other workers' linking, and holds theirs until this commit
+        store.link_items(s, saved.new, saved.updated, now, ctx.stories)
     if stored.source_id is not None:  # the next unchanged re-poll needs no read of these
         ctx.posting_times.put(stored.source_id, validators.body_hash, stored.published)
     _log(outcome)

@@ -1,12 +1,15 @@
 """Pure fingerprints for syndication and story grouping: tokens, exact text hash, MinHash LSH band keys,
-the compact story terms store/ keeps per item, and the similarities that verify a candidate. No database
-here: store/ indexes the keys and asks these functions whether two items are one article or one story.
+title-term pair keys, the compact story terms store/ keeps per item, and the similarities that verify a
+candidate. No database here: store/ indexes the keys and asks these functions whether two items are one
+article or one story.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -25,12 +28,20 @@ this that these those he she they them his her their we our you your i not no af
 into out up down about than then so if will would can could may might says said say new more most also
 just who what when where which why how all any some one two three first last via der die das und oder
 ein eine von zu mit den dem des im ist sind le la les un une et du de des en el los las y por para con
-que se del al il di che per
+que se del al il di che per ang ng nang sa mga na at si ni kay ay pa ito niya siya
 january february march april may june july august september october november december monday tuesday
 wednesday thursday friday saturday sunday today yesterday tomorrow week live livestream update updates
 video videos watch photos pictures news latest breaking opinion analysis explained
 """
 STOPWORDS = frozenset(_STOP_TEXT.split())
+# Number words as digits, so that "six dead" and "6 killed" share a term (a count is often the news).
+NUMBERS = {
+    "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
+    "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "twenty": "20", "hundred": "100",
+    "thousand": "1000",
+}  # fmt: skip
+# A number glued to a word by a hyphen (COVID-19, F-35): part of a name, not a count to compare.
+_GLUED = re.compile(r"(?<=[^\W\d_])[-\u2010\u2011]\d+\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +56,8 @@ class StoryParams:
     near_bands: int = 20
     near_rows: int = 6
     lead_words: int = 40  # words of the text that join the title in the story similarity
-    story_bands: int = 12  # LSH over title terms, one value per band: candidates share a title term
-    story_rows: int = 1
-    story_threshold: float = 0.5  # share of the shorter title's terms two reports must have in common
+    story_sketch: int = 8  # title terms (lowest hash first) whose pairs are an item's story keys
+    story_threshold: float = 0.45  # share of the shorter title's terms two reports must have in common
     story_min_shared: int = 2  # and at least this many title terms
     story_bonus: float = 0.1  # added to that share when the titles have 3 or more terms in common
     story_jaccard: float = 0.1  # and at least this Jaccard of their title + lead terms
@@ -57,11 +67,12 @@ class StoryParams:
 
 @dataclass(frozen=True, slots=True)
 class Fingerprint:
-    """What store/ indexes for an item: one exact-text key and two sets of LSH band keys."""
+    """What store/ indexes for an item: exact-text and long-title keys, LSH band keys of its text, and the
+    pair keys of its title terms."""
 
     text_key: int | None  # exact normalized text (None: too short to be evidence)
     near_keys: tuple[int, ...]  # bands of the MinHash over word shingles of the text
-    story_keys: tuple[int, ...]  # bands of the MinHash over title terms
+    story_keys: tuple[int, ...]  # pairs of title terms (``pair_keys``)
     title_key: int | None = None  # exact long title (None: too short to identify an article)
 
 
@@ -100,13 +111,21 @@ def shingles(words: Sequence[str], k: int) -> set[str]:
 
 def story_terms(title: str, text: str, lead_words: int) -> frozenset[str]:
     """Title words and the first ``lead_words`` words of the text, minus function words, stemmed."""
-    words = tokens(title) + tokens(text)[:lead_words]
-    return _terms(words)
+    return title_terms(title) | _terms(_lead(text, lead_words))
 
 
 def title_terms(title: str) -> frozenset[str]:
     """The words of a title that can say which event it reports: no function words, dates or years."""
-    return _terms(tokens(title))
+    return _terms(tokens(_GLUED.sub("", title)))
+
+
+def _lead(text: str, count: int) -> list[str]:
+    """The first ``count`` words of ``text`` (glued numbers dropped), tokenizing only its beginning."""
+    head = text[: 16 * count]
+    words = tokens(_GLUED.sub("", head))
+    if len(words) <= count and len(head) < len(text):  # long words: the whole text after all
+        words = tokens(_GLUED.sub("", text))
+    return words[:count]
 
 
 def _terms(words: Iterable[str]) -> frozenset[str]:
@@ -117,6 +136,7 @@ def _terms(words: Iterable[str]) -> frozenset[str]:
 @lru_cache(maxsize=1 << 14)
 def _term(word: str) -> str | None:
     """``word``'s stem, or None for a function word or year (cached: news text repeats its words)."""
+    word = NUMBERS.get(word, word)
     return _stem(word) if _meaningful(word) else None
 
 
@@ -127,8 +147,13 @@ def _meaningful(word: str) -> bool:
 
 
 def _stem(word: str) -> str:
-    """A crude prefix stem for alphabetic words (evacuated/evacuation, vaccine/vaccinated)."""
-    return word[:6] if word.isalpha() and not _CJK.search(word) else word
+    """A crude prefix stem for alphabetic words (evacuated/evacuation, vaccine/vaccinated), plurals made
+    singular first (homes/home, bans/ban; not -ss, -us, -is: class, virus, crisis)."""
+    if not word.isalpha() or _CJK.search(word):
+        return word
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    return word[:6]
 
 
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
@@ -205,12 +230,12 @@ class Analysis:
 def analyze(title: str, text: str, params: StoryParams) -> Analysis:
     title_words, words = tokens(title), tokens(text)
     near = _near_shingles(words, params)
-    heading = _terms(title_words)
-    lead = heading | _terms(words[: params.lead_words])
+    heading = title_terms(title)
+    lead = heading | _terms(_lead(text, params.lead_words))
     fp = Fingerprint(
         text_key=_text_key(title_words, words, params),
-        near_keys=band_keys("near", near, params.near_bands, params.near_rows) if near else (),
-        story_keys=band_keys("story", heading, params.story_bands, params.story_rows) if heading else (),
+        near_keys=_near_keys(words, params) if near else (),
+        story_keys=pair_keys(heading, params.story_sketch),
         title_key=_title_key(title_words, heading, params),
     )
     return Analysis(fp, Terms(heading, lead), near)
@@ -232,32 +257,127 @@ def _title_key(words: list[str], terms: frozenset[str], params: StoryParams) -> 
     return _key("title", " ".join(words).encode())
 
 
-def band_keys(kind: str, features: Iterable[str], bands: int, rows: int) -> tuple[int, ...]:
-    """LSH: the MinHash signature cut into ``bands`` bands of ``rows`` values, each hashed to a key."""
-    signature = _minhash(features, bands * rows).astype(">u4").tobytes()
+def pair_keys(terms: Iterable[str], sketch: int) -> tuple[int, ...]:
+    """Story candidate keys: one per pair of title terms, so that candidates are exactly the items that
+    share two terms (what ``title_similarity`` asks of any pair of titles with two terms or more). A pair
+    is far rarer than a term: the rows a lookup reads stay few however many items the window holds
+    (single-term keys read every item that shares a common word). A title with more than ``sketch``
+    terms gives the pairs of its ``sketch`` terms of lowest hash (a bottom-k sketch: two titles sharing
+    several terms keep the same ones), at most sketch * (sketch - 1) / 2 keys. A one-term title has none.
+
+    >>> len(pair_keys({"volcan", "palma", "lava"}, 10))
+    3
+    """
+    chosen = sorted(sorted(terms, key=_rank)[:sketch])
+    return tuple(_key("story", f"{a} {b}".encode()) for a, b in itertools.combinations(chosen, 2))
+
+
+@lru_cache(maxsize=1 << 14)
+def _rank(term: str) -> bytes:
+    """A term's place in the sketch order: a hash, the same in every process and run."""
+    return hashlib.blake2b(term.encode(), digest_size=8).digest()
+
+
+def near_keys(text: str, params: StoryParams) -> tuple[int, ...]:
+    """The near-duplicate band keys of a text (none when it is too short to compare), as ``analyze``
+    gives them."""
+    words = tokens(text)
+    return _near_keys(words, params) if len(words) >= params.min_near_tokens else ()
+
+
+def _near_keys(words: Sequence[str], params: StoryParams) -> tuple[int, ...]:
+    return band_keys("near", shingle_hashes(words, params.shingle), params.near_bands, params.near_rows)
+
+
+def band_keys(kind: str, hashes: NDArray[np.uint32], bands: int, rows: int) -> tuple[int, ...]:
+    """LSH: the MinHash signature of the features' input ``hashes`` cut into ``bands`` bands of ``rows``
+    values, each hashed to a key."""
+    signature = _minhash(hashes, bands * rows).astype(">u4").tobytes()
     width = 4 * rows
-    return tuple(
-        _key(f"{kind}:{band}", signature[band * width : (band + 1) * width]) for band in range(bands)
-    )
+    chunks = [signature[band * width : (band + 1) * width] for band in range(bands)]
+    return tuple(map(_person_key, _band_persons(kind, bands), chunks))
 
 
-def minhash(features: Iterable[str], num_perm: int) -> list[int]:
-    """datasketch's MinHash (affine32 scheme, fixed seed) as a list of 32-bit values."""
-    return [int(v) for v in _minhash(features, num_perm)]
+@cache
+def _band_persons(kind: str, bands: int) -> tuple[bytes, ...]:
+    """The ``_key`` kind of each band, encoded once."""
+    return tuple(_person(f"{kind}:{band}") for band in range(bands))
 
 
-def _minhash(features: Iterable[str], num_perm: int) -> NDArray[np.uint32]:
-    """The same values as datasketch's ``MinHash(scheme="affine32").update_batch`` (SHA-1 32-bit input
-    hash, MurmurHash3 finalizer, ``a * h + b`` mod 2^32), without building a MinHash object."""
-    sha1 = hashlib.sha1
-    digests = b"".join([sha1(f.encode()).digest() for f in features])
-    if not digests:
+def minhash(hashes: NDArray[np.uint32], num_perm: int) -> list[int]:
+    """datasketch's MinHash (affine32 scheme, seed 1) of features whose input hashes (its ``hashfunc``
+    values) are ``hashes``, as a list of 32-bit values."""
+    return [int(v) for v in _minhash(hashes, num_perm)]
+
+
+def _minhash(hashes: NDArray[np.uint32], num_perm: int) -> NDArray[np.uint32]:
+    """The same values as datasketch's ``MinHash(scheme="affine32").update_batch`` (MurmurHash3
+    finalizer over the input hash, ``a * h + b`` mod 2^32), without building a MinHash object. A
+    repeated input hash changes nothing: the minimum is the same."""
+    if not len(hashes):
         return np.full(num_perm, 0xFFFFFFFF, dtype=np.uint32)
-    # each 20-byte digest starts with its 32-bit little-endian input hash: every fifth uint32 of the lot
-    hv = _fmix32(np.frombuffer(digests, dtype="<u4")[::5].astype(np.uint32)).reshape(-1, 1)
     a, b = _permutations(num_perm)
-    result: NDArray[np.uint32] = (hv * a + b).min(axis=0)
+    permuted = np.multiply(a, _fmix32(hashes))
+    np.add(permuted, b, out=permuted)  # in place: one (num_perm x features) array, not two
+    result: NDArray[np.uint32] = permuted.min(axis=1)
     return result
+
+
+def shingle_hashes(words: Sequence[str], k: int) -> NDArray[np.uint32]:
+    """The input hash of every ``k``-word shingle of ``words`` by position (the whole sequence when
+    shorter, none when empty, as ``shingles``), all positions at once: a polynomial hash (mod 2^32, odd
+    base) of the shingle's word hashes, each the CRC-32 of the word spread by the MurmurHash3 finalizer.
+    Two different shingles get one value with probability about 2^-32 (2^-29 at worst, for a reversed
+    word order); the finalizer that datasketch's affine32 scheme applies to every input hash
+    (``_minhash``) then spreads it. Hashing each distinct word once (cached) instead of each shingle's
+    text is what makes the near-duplicate MinHash cheap; every value is the same in every process and
+    run (stored keys), and ``feature_hash`` of the shingle's text."""
+    hashes = _fmix32(np.fromiter(map(_WORD_HASHES.__getitem__, words), np.uint32, len(words)))
+    width = min(k, len(words))
+    count = len(words) - width + 1 if words else 0
+    hv = hashes[:count]
+    for i in range(1, width):
+        hv = hv * _BASE + hashes[i : i + count]
+    return hv
+
+
+def feature_hash(feature: str) -> int:
+    """The input hash of one shingle given as its words joined by spaces (``shingles``), the value
+    ``shingle_hashes`` gives its position: the ``hashfunc`` with which datasketch computes the same
+    MinHash (tests/test_stories.py)."""
+    words = feature.split(" ")
+    return int(shingle_hashes(words, len(words))[0])
+
+
+def sha1_hashes(features: Iterable[str]) -> NDArray[np.uint32]:
+    """datasketch's default input hash (the first 4 bytes of SHA-1, little-endian), which keyed the
+    near-duplicate bands up to revision 0008 and the story bands of 0004 to 0007: migration 0008's
+    downgrade computes the keys those revisions read."""
+    digests = b"".join([hashlib.sha1(f.encode()).digest() for f in features])
+    # each 20-byte digest starts with its 32-bit little-endian input hash: every fifth uint32 of the lot
+    return np.frombuffer(digests, dtype="<u4")[::5].astype(np.uint32)
+
+
+class _WordHashes(dict[str, int]):
+    """Word -> the CRC-32 of its UTF-8 bytes, the same in every process and run, computed on first use:
+    news text repeats its words, and a dict lookup costs a third less than an lru_cache call. CRC-32
+    rather than blake2b: a fifth of the cost for a word not seen yet (a fifth of the words of a pass over
+    the real corpus), and ``_fmix32`` spreads it. Emptied when it holds ``limit`` words, which bounds
+    its memory."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __missing__(self, word: str) -> int:
+        if len(self) >= self.limit:
+            self.clear()
+        value = self[word] = zlib.crc32(word.encode())
+        return value
+
+
+_WORD_HASHES = _WordHashes(1 << 16)  # ~9 MB at most; the real corpus (1,755 items) has 48,000 words
+_BASE = np.uint32(0x1B873593)  # odd, 3 mod 8: a swap of two words changes the value but for ~2^-29
 
 
 def _fmix32(hv: NDArray[np.uint32]) -> NDArray[np.uint32]:
@@ -275,11 +395,19 @@ def _permutations(num_perm: int) -> tuple[NDArray[np.uint32], NDArray[np.uint32]
     gen = np.random.RandomState(1)
     a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
     b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
-    return a, b
+    return a.reshape(-1, 1), b.reshape(-1, 1)  # columns: ``_minhash`` permutes into a row per permutation
 
 
 def _key(kind: str, payload: bytes) -> int:
-    digest = hashlib.blake2b(payload, digest_size=8, person=kind.encode()[:16]).digest()
+    return _person_key(_person(kind), payload)
+
+
+def _person(kind: str) -> bytes:
+    return kind.encode()[:16]
+
+
+def _person_key(person: bytes, payload: bytes) -> int:
+    digest = hashlib.blake2b(payload, digest_size=8, person=person).digest()
     return int.from_bytes(digest, "big") >> 1  # 63 bits: fits a signed BIGINT everywhere
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +17,8 @@ import pytest
 from conftest import free_port, postgres_database, postgres_unreachable
 from runcli import TIMEOUT, environment, finish
 from runcli import start as start_cli
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import store
@@ -166,3 +168,41 @@ def test_worker_refuses_an_outdated_postgresql_schema_until_db_upgrade(tmp_path:
     assert code == 0, stderr
     workers = [started_worker(tmp_path, "pg.yaml") for _ in range(2)]  # PostgreSQL takes several
     assert [stop(w) for w in workers] == [0, 0]
+
+
+def test_a_deadlock_counts_as_a_lost_lock_so_the_poll_is_stored_again(pg_url: str) -> None:
+    """Two transactions that wait for each other: PostgreSQL aborts one, and ``store.lost_lock`` says
+    it is worth redoing (pipeline._retried redoes it), unlike any other database error."""
+    engine = store.make_engine(pg_url)
+    errors: list[BaseException] = []
+    try:
+        with engine.connect() as a, engine.connect() as b:
+            lock = text("SELECT pg_advisory_xact_lock(:key)")
+            a.execute(lock, {"key": 1})
+            b.execute(lock, {"key": 2})
+
+            def b_wants_1() -> None:
+                try:
+                    b.execute(lock, {"key": 1})
+                except OperationalError as e:
+                    errors.append(e)
+
+            waiting = threading.Thread(target=b_wants_1)
+            waiting.start()
+            time.sleep(
+                0.2
+            )  # b waits for 1 (if not yet, a's request below waits first: a deadlock all the same)
+            try:
+                a.execute(lock, {"key": 2})
+            except OperationalError as e:
+                errors.append(e)
+            waiting.join(30)
+            a.rollback()
+            b.rollback()
+            assert len(errors) == 1 and store.lost_lock(errors[0])
+            with pytest.raises(ProgrammingError) as other:
+                a.execute(text("SELECT * FROM no_such_table"))
+            assert not store.lost_lock(other.value)
+            a.rollback()
+    finally:
+        engine.dispose()

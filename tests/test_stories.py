@@ -9,23 +9,30 @@ import csv
 import dataclasses
 import functools
 import json
+import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
-from conftest import REAL
+from conftest import REAL, postgres_database
 from datasketch import MinHash
 from lxml import etree
-from sqlalchemy import delete, event, func, select
+from lxml.html import fromstring as html_text
+from numpy.typing import NDArray
+from sqlalchemy import delete, event, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator import publish, store, stories
+from aggregator import dedup, publish, store, stories
 from aggregator.fetch import fetch, make_session
 from aggregator.model import Item, Source, StoredItem, Topic
 from aggregator.pipeline import Context, poll_source, topic_definitions
+from aggregator.store.engine import migrate
 from aggregator.store.tables import FingerprintRow, ItemRow, MergeRow, SourceRow, TermsRow
 from aggregator.stories import StoryParams
 
@@ -72,11 +79,35 @@ def test_title_terms_drop_function_words_dates_and_years() -> None:
 def test_fingerprint_is_deterministic_and_bands_have_the_configured_count() -> None:
     params = StoryParams()
     text = " ".join(f"word{i}" for i in range(60))
-    a = stories.fingerprint("A title about volcanoes", text, params)
-    assert a == stories.fingerprint("A title about volcanoes", text, params)
-    assert len(a.near_keys) == params.near_bands and len(a.story_keys) == params.story_bands
+    a = stories.fingerprint("Lava from the volcano destroys homes on La Palma", text, params)
+    assert a == stories.fingerprint("Lava from the volcano destroys homes on La Palma", text, params)
+    # lava, volcan, destro, homes, palma ("la" is a function word): every pair of the five terms
+    assert len(a.near_keys) == params.near_bands and len(a.story_keys) == 10
     assert all(0 <= k < 2**63 for k in (*a.near_keys, *a.story_keys))
     assert a.text_key is not None
+
+
+def test_story_keys_are_shared_exactly_when_two_titles_share_two_terms() -> None:
+    params = StoryParams()
+
+    def keys(title: str) -> set[int]:
+        return set(stories.fingerprint(title, "", params).story_keys)
+
+    lava = keys("Lava destroys homes on Palma island")
+    assert len(lava & keys("Volcano on Palma island erupts")) == 1  # (island, palma)
+    assert len(lava & keys("Lava reaches the sea at Palma island")) == 3  # (island, lava, palma) pairwise
+    assert not lava & keys("Flats for sale in Palma de Mallorca")  # one term in common: no candidate
+    assert keys("Volcano") == set()  # one term, no pair
+
+
+def test_a_long_title_keeps_the_pairs_of_its_sketch_only() -> None:
+    params = StoryParams()
+    words = [f"term{chr(97 + i)}x" for i in range(16)]
+    long = stories.fingerprint(" ".join(words), "", params).story_keys
+    assert len(long) == params.story_sketch * (params.story_sketch - 1) // 2
+    # a title sharing many of its terms shares keys: the sketch picks the same terms in both
+    shorter = stories.fingerprint(" ".join(words[:12]), "", params).story_keys
+    assert len(set(long) & set(shorter)) >= 10
 
 
 def test_short_text_gives_no_near_keys_and_tiny_items_no_text_key() -> None:
@@ -319,13 +350,80 @@ def test_link_items_skips_an_id_that_is_not_stored(sessions: sessionmaker[Sessio
 # --- cost: batched lookups, stored terms, the numpy MinHash ----------------------------------------------
 
 
-def test_minhash_gives_datasketch_values_so_stored_keys_stay_valid() -> None:
+def test_minhash_gives_datasketch_values_with_the_word_hash_input() -> None:
+    """The near-duplicate MinHash is datasketch's, given ``feature_hash`` as its hashfunc; the shingle
+    hashes computed by position are ``feature_hash`` of each shingle's text."""
+    words = stories.tokens(" ".join(f"shingle {i} über 中国 word{i % 7}" for i in range(80)))
+    features = sorted(stories.shingles(words, 3))
+    hashes = stories.shingle_hashes(words, 3)
+    assert sorted(set(map(int, hashes))) == sorted(map(stories.feature_hash, features))
+    for num_perm in (12, 120):
+        sketch = MinHash(num_perm=num_perm, seed=1, scheme="affine32", hashfunc=stories.feature_hash)
+        sketch.update_batch(features)
+        assert stories.minhash(hashes, num_perm) == [int(v) for v in sketch.hashvalues]
+    assert stories.minhash(stories.shingle_hashes([], 3), 12) == [0xFFFFFFFF] * 12
+    for short in (["one"], ["one", "two"], ["one", "two", "three"]):  # the whole sequence: one shingle
+        assert list(map(int, stories.shingle_hashes(short, 3))) == [stories.feature_hash(" ".join(short))]
+
+
+def test_the_input_hashes_never_change_so_stored_near_keys_stay_valid() -> None:
+    """Pinned values: another word hash, mixing or base would silently orphan every stored near key."""
+    assert stories.feature_hash("volcano erupts on") == 676898866
+    assert stories.feature_hash("erupts volcano on") != stories.feature_hash("volcano erupts on")
+    text = " ".join(f"w{i}" for i in range(40))
+    assert stories.near_keys(text, StoryParams())[:2] == (6620574156837946120, 3246092694650452754)
+
+
+def test_sha1_input_hashes_give_datasketch_default_values_for_the_0008_downgrade() -> None:
     features = [f"shingle {i} über 中国" for i in range(300)]
     for num_perm in (12, 120):
         sketch = MinHash(num_perm=num_perm, seed=1, scheme="affine32")
         sketch.update_batch([f.encode() for f in features])
-        assert stories.minhash(features, num_perm) == [int(v) for v in sketch.hashvalues]
-    assert stories.minhash([], 12) == [0xFFFFFFFF] * 12
+        assert stories.minhash(stories.sha1_hashes(features), num_perm) == [int(v) for v in sketch.hashvalues]
+
+
+def corpus_texts(least: int) -> list[list[str]]:
+    """The words of every entry body of the real feeds with at least ``least`` words (HTML as text)."""
+    texts = []
+    for path in sorted(REAL.iterdir()):
+        if path.suffix not in {".xml", ".atom", ".rdf"}:
+            continue
+        root = etree.parse(str(path), etree.XMLParser(recover=True, huge_tree=True)).getroot()
+        for body in [] if root is None else root.iter("{*}description", "{*}encoded", "{*}content"):
+            value = (body.text or "").strip()
+            text = (
+                etree.tostring(html_text(value), method="text", encoding="unicode") if "<" in value else value
+            )
+            words = stories.tokens(text)
+            if len(words) >= least:
+                texts.append(words)
+    return texts
+
+
+@needs_corpus
+def test_minhash_estimates_the_jaccard_of_real_texts_as_well_as_sha1_did() -> None:
+    """On the corpus texts, each against an edited copy (a share of its words replaced) and against
+    another text: the estimate (share of equal MinHash values) is as close to the exact shingle Jaccard
+    with the word-hash input as with SHA-1 of each shingle's text."""
+    texts = corpus_texts(60)
+    assert len(texts) > 300
+
+    def estimate(a: NDArray[np.uint32], b: NDArray[np.uint32]) -> float:
+        return float(np.mean(np.array(stories.minhash(a, 120)) == np.array(stories.minhash(b, 120))))
+
+    errors: dict[str, list[float]] = {"words": [], "sha1": []}
+    for i, words in enumerate(texts):
+        step = (2, 3, 5, 8, 13, 30)[i % 6]
+        edited = [w if j % step else f"edit{j}" for j, w in enumerate(words)]
+        for other in (edited, texts[(7 * i + 1) % len(texts)]):
+            a, b = stories.shingles(words, 3), stories.shingles(other, 3)
+            exact = stories.jaccard(a, b)
+            hashes = stories.shingle_hashes(words, 3), stories.shingle_hashes(other, 3)
+            errors["words"].append(estimate(*hashes) - exact)
+            errors["sha1"].append(estimate(stories.sha1_hashes(a), stories.sha1_hashes(b)) - exact)
+    mean = {name: float(np.mean(np.abs(e))) for name, e in errors.items()}
+    assert mean["words"] < 0.03 and mean["words"] <= 1.2 * mean["sha1"]
+    assert abs(float(np.mean(errors["words"]))) < 0.01  # unbiased
 
 
 def test_terms_round_trip_and_a_third_shared_title_term_earns_the_bonus() -> None:
@@ -403,3 +501,170 @@ def test_items_stored_before_story_terms_get_them_when_compared(sessions: sessio
         assert s.scalar(select(func.count()).select_from(TermsRow)) == 6
         merged = s.scalars(select(MergeRow.rule).where(MergeRow.level == "story")).all()
     assert merged == ["story"] * 3
+
+
+@needs_corpus
+def test_migration_0008_rekeys_stored_items_both_ways(database_url: str) -> None:
+    """Items stored with one key per title term and SHA-1 near keys (0007) get the pair keys and the
+    word-hash near keys (0008), and back."""
+    engine = store.make_engine(database_url)
+    try:
+        sessions = store.make_sessionmaker(engine)
+        ingest(sessions, [(["bbc-news-1.xml", "cnn-1.xml", "nzherald-1.xml"], CAPTURED)], StoryParams())
+        params = StoryParams()
+
+        def stored(kind: str) -> dict[int, set[int]]:
+            with sessions() as s:
+                rows = s.execute(
+                    select(FingerprintRow.item_id, FingerprintRow.key).where(FingerprintRow.kind == kind)
+                )
+                found: dict[int, set[int]] = defaultdict(set)
+                for item_id, key in rows:
+                    found[item_id].add(key)
+                return found
+
+        def expected(
+            story: Callable[[frozenset[str]], tuple[int, ...]], near: Callable[[str], tuple[int, ...]]
+        ) -> dict[str, dict[int, set[int]]]:
+            with sessions() as s:
+                items = s.execute(select(ItemRow.id, ItemRow.title, ItemRow.text)).all()
+            return {
+                "story": {i: set(k) for i, title, _ in items if (k := story(stories.title_terms(title)))},
+                "near": {i: set(k) for i, _, text in items if (k := near(text))},
+            }
+
+        def sha1_near(text: str) -> tuple[int, ...]:
+            shingles = stories.near_shingles(text, params)
+            hashes = stories.sha1_hashes(shingles or ())
+            return stories.band_keys("near", hashes, params.near_bands, params.near_rows) if shingles else ()
+
+        new = expected(
+            lambda terms: stories.pair_keys(terms, params.story_sketch),
+            lambda text: stories.near_keys(text, params),
+        )
+        old = expected(
+            lambda terms: stories.band_keys("story", stories.sha1_hashes(terms), 12, 1) if terms else (),
+            sha1_near,
+        )
+        assert len(new["story"]) > 50 and len(new["near"]) > 20  # the short texts have no near keys
+        assert new["near"].keys() == old["near"].keys()  # the same items have near keys, other keys
+        assert not any(keys & old["near"][item_id] for item_id, keys in new["near"].items())
+        assert {kind: stored(kind) for kind in new} == new  # as the pipeline stored them
+        with sessions() as s:
+            terms = dict(s.execute(select(TermsRow.item_id, TermsRow.terms)).all())
+        migrate(engine, "0007", down=True)
+        assert {kind: stored(kind) for kind in new} == old
+        with sessions.begin() as s:  # as 0007 stored them: COVID-19 was "covid" and "19", no plurals
+            s.execute(update(TermsRow).values(terms="covid 19 cases\t"))
+        migrate(engine, "head")
+        assert {kind: stored(kind) for kind in new} == new
+        with sessions() as s:
+            assert dict(s.execute(select(TermsRow.item_id, TermsRow.terms)).all()) == terms
+    finally:
+        engine.dispose()
+
+
+def _report(source: str, title: str, at: datetime) -> Item:
+    key = f"guid:{source}-1"
+    return Item(source=source, key=key, uid=dedup.item_uid(source, key), title=title, html="", text="",
+                published=at, content_hash=dedup.content_hash(title, ""))  # fmt: skip
+
+
+def test_two_workers_linking_reports_of_one_event_at_once_make_one_story(
+    postgres_template: tuple[str, Any],
+) -> None:
+    """Worker b stores its report while worker a's is stored but not committed: b waits for a's commit
+    (the linking lock) and joins a's story instead of starting a second one."""
+    now = datetime(2021, 9, 20, 12, tzinfo=UTC)
+    with postgres_database(*postgres_template) as url:
+        engine = store.make_engine(url)
+        sessions = store.make_sessionmaker(engine)
+        try:
+            with sessions.begin() as s:
+                store.sync_sources(s, [Source("a", "file:///a"), Source("b", "file:///b")], now)
+            first = _report("a", "Volcano erupts on La Palma as thousands are evacuated", now)
+            second = _report("b", "Thousands evacuated after La Palma volcano erupts", now)
+            finished = threading.Event()
+
+            def worker_b() -> None:
+                with sessions.begin() as s:
+                    store.link_items(s, store.save_items(s, "b", [second], now).new, [], now)
+                finished.set()
+
+            with sessions() as a:
+                with a.begin():
+                    store.link_items(a, store.save_items(a, "a", [first], now).new, [], now)
+                    b = threading.Thread(target=worker_b)
+                    b.start()
+                    activity = text(
+                        "SELECT state, wait_event_type, wait_event, left(query, 60) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                    watcher = store.make_engine(url)  # its own pool: b must not wait for a connection
+                    try:
+                        with watcher.connect() as watch:
+                            deadline = time.monotonic() + 60
+                            while not finished.is_set():
+                                seen = [tuple(row) for row in watch.execute(activity)]
+                                if any(row[1:3] == ("Lock", "advisory") for row in seen):
+                                    break
+                                assert time.monotonic() < deadline, f"b neither waited nor finished: {seen}"
+                                time.sleep(0.05)
+                    finally:
+                        watcher.dispose()
+                    assert not finished.is_set(), "worker b linked without waiting for a's commit"
+                b.join(30)
+            assert finished.is_set()
+            with sessions() as s:
+                found = {uid: story for uid, story in s.execute(select(ItemRow.uid, ItemRow.story_id))}
+            assert found[second.uid] == found[first.uid] is not None
+        finally:
+            engine.dispose()
+
+
+def test_story_terms_fold_counts_plurals_and_numbers_glued_to_names() -> None:
+    assert stories.title_terms("Six dead as COVID-19 cases rise in classes") == {
+        "6", "dead", "covid", "case", "rise", "classe"
+    }  # fmt: skip
+    assert stories.title_terms("6 killed in Covid case") == {"6", "killed", "covid", "case"}
+    assert stories.title_terms("Virus crisis: the class of 2021") == {"virus", "crisis", "class"}
+    assert stories.title_terms("Patay ang lima sa pamamaril sa Maynila") == {
+        "patay",
+        "lima",
+        "pamama",
+        "maynil",
+    }
+    lead = stories.story_terms("Lava", "The F-35 jets flew over. " * 40, 40)
+    assert lead == {"lava", "jet", "flew"}  # no "35"
+
+
+def test_a_report_joins_the_biggest_of_the_stories_it_matches(sessions: sessionmaker[Session]) -> None:
+    """Two outlets' reports of the lava already share a story; a third outlet's report that matches it
+    and, more closely, a one-item story about the airport joins the bigger story."""
+    now = datetime(2021, 9, 20, 12, tzinfo=UTC)
+    reports = {
+        "a": "Lava destroys homes on Palma island",
+        "b": "Lava destroys more homes on Palma island",
+        "d": "Palma island airport closed by ash cloud",
+        "e": "Ash cloud from Palma island lava closes airport",
+    }
+    with sessions.begin() as s:
+        store.sync_sources(s, [Source(name, f"file:///{name}") for name in reports], now)
+    for name, title in reports.items():
+        with sessions.begin() as s:
+            store.link_items(s, store.save_items(s, name, [_report(name, title, now)], now).new, [], now)
+    with sessions() as s:
+        story = {
+            name: s.scalar(select(ItemRow.story_id).where(ItemRow.title == t)) for name, t in reports.items()
+        }
+    assert story["a"] == story["b"] != story["d"]  # the airport report is a story of its own
+    assert story["e"] == story["a"]  # closer to d's title, but a and b's story is the bigger
+    e = stories.Terms(stories.title_terms(reports["e"]), stories.title_terms(reports["e"]))
+    d = stories.Terms(stories.title_terms(reports["d"]), stories.title_terms(reports["d"]))
+    a = stories.Terms(stories.title_terms(reports["a"]), stories.title_terms(reports["a"]))
+    params = StoryParams()
+    assert (
+        stories.terms_similarity(e, d, params)
+        > stories.terms_similarity(e, a, params)
+        >= params.story_threshold
+    )

@@ -107,6 +107,13 @@ def db_problem(error: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+def lost_lock(error: BaseException) -> bool:
+    """Whether a transaction failed only because another one held what it needed (SQLite's write lock,
+    a PostgreSQL deadlock or serialization failure): redone whole, it succeeds."""
+    cause = getattr(error, "orig", None) or error
+    return "locked" in str(cause) or getattr(cause, "sqlstate", None) in ("40P01", "40001")
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

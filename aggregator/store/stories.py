@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     any_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -51,6 +52,7 @@ from aggregator.store.tables import (
 from aggregator.stories import Analysis, StoryParams, Terms
 
 MAX_CANDIDATES = 200  # per item and rule: bounds the work per new item however popular a band key is
+LINK_LOCK = 0x6167675F6C696E6B  # PostgreSQL advisory lock key of story and article linking ("agg_link")
 CHUNK = 1000  # values per IN list (SQLite allows 32,766 bound parameters per statement)
 
 # The statements of a poll's linking, built once per dialect (Core, the id lists bound as one value): run
@@ -77,7 +79,7 @@ def _ids(c: Connection, values: list[int]) -> Any:
 class _Sql:
     known: Executable
     keys: Executable
-    holding: Executable
+    stories: Executable
     texts: Executable
     titles_texts: Executable
     terms: Executable
@@ -105,9 +107,13 @@ def _sql(dialect: str) -> _Sql:
             .where(FingerprintRow.kind.in_(bindparam("kinds", expanding=True)))
             .where(ItemRow.source_id != bindparam("source_id"))
         ),
-        holding=select(ItemRow.story_id)
-        .where(ids(ItemRow.story_id), ItemRow.source_id == bindparam("source_id"))
-        .distinct(),
+        stories=select(  # per story: its size, and whether it holds an item of the source
+            ItemRow.story_id,
+            func.count(),
+            func.max(case((ItemRow.source_id == bindparam("source_id"), 1), else_=0)),
+        )
+        .where(ids(ItemRow.story_id))
+        .group_by(ItemRow.story_id),
         texts=select(ItemRow.id, ItemRow.text).where(ids(ItemRow.id)),
         titles_texts=select(ItemRow.id, ItemRow.title, ItemRow.text).where(ids(ItemRow.id)),
         terms=select(TermsRow.item_id, TermsRow.terms).where(ids(TermsRow.item_id)),
@@ -175,10 +181,17 @@ def link_items(
     now: datetime,
     params: StoryParams | None = None,
 ) -> None:
-    """Give new items their article and story ids; re-index the fingerprints of updated ones."""
+    """Give new items their article and story ids; re-index the fingerprints of updated ones.
+
+    On PostgreSQL, workers link one at a time: two workers storing two reports of one event at once
+    would each miss the other's uncommitted item and start two stories. A transaction-level advisory
+    lock makes the second wait for the first's commit, then find its item; the caller links last in
+    its transaction, so the lock is held only for the linking and the commit."""
     params = params or StoryParams()
     s.flush()  # the reads below run on the connection: they must see the items' pending changes
     c = s.connection()
+    if new and c.dialect.name == "postgresql":
+        c.execute(select(func.pg_advisory_xact_lock(LINK_LOCK)))
     changed = [
         (item_id, item.published, stories.analyze(item.title, item.text, params)) for item_id, item in updated
     ]
@@ -270,6 +283,7 @@ class _Poll:
         self.texts: dict[int, str] = {}  # texts of near-duplicate candidates
         self.touched: set[int] = set()  # candidates whose article or story this poll changed
         self.taken: set[int] = set()  # stories that already hold an item of this source
+        self.sizes: Counter[int] = Counter()  # items per candidate story
         self.articles = _Articles(c, {n.row.article_id for n in batch if n.row.article_id is not None})
 
     def link(self) -> None:
@@ -279,6 +293,7 @@ class _Poll:
             merged = self._link_article(new)
             row.story_id = (merged.story_id or merged.id) if merged is not None else self._link_story(new)
             self.taken.add(row.story_id)
+            self.sizes[row.story_id] += 1
         real = self.articles.write(self.now)
         changed = [n.row for n in self.batch] + [self.known[i] for i in self.touched]
         values = [{"b_id": k.id, "b_article": real(k.article_id), "b_story": k.story_id} for k in changed]
@@ -314,8 +329,7 @@ class _Poll:
             self.c, {i for n in self.batch if not (n.text_match or n.titles) for i in n.nears}
         )
         mine = {n.row.id for n in self.batch}
-        candidates = {k.story_id or k.id for i, k in self.known.items() if i not in mine}
-        self.taken = self._stories_holding_source(candidates)
+        self._read_stories({k.story_id or k.id for i, k in self.known.items() if i not in mine})
 
     def _keys(
         self, kinds: tuple[str, ...], window: timedelta
@@ -337,13 +351,14 @@ class _Poll:
                 result[(kind, key)].append((item_id, published))
         return result
 
-    def _stories_holding_source(self, story_ids: set[int]) -> set[int]:
-        result: set[int] = set()
+    def _read_stories(self, story_ids: set[int]) -> None:
+        """The size of each candidate story, and those that already hold an item of this source."""
         for chunk in _chunks(sorted(story_ids)):
             bound = {"ids": _ids(self.c, chunk), "source_id": self.source_id}
-            found = self.c.execute(_sql(self.c.dialect.name).holding, bound).scalars()
-            result.update(i for i in found if i is not None)
-        return result
+            for story_id, size, holds in self.c.execute(_sql(self.c.dialect.name).stories, bound):
+                self.sizes[story_id] = size
+                if holds:
+                    self.taken.add(story_id)
 
     def _record(self, row: _Known, other: _Known, level: str, rule: str, sim: float) -> None:
         self.merges.append(
@@ -399,17 +414,21 @@ class _Poll:
     # --- rule 3: the same story from several outlets ---------------------------------------------
 
     def _link_story(self, new: _New) -> int:
-        """The story id for the item: a verified candidate's story, or a new story of its own."""
+        """The story id for the item: the biggest story among its verified candidates' (then the most
+        similar candidate, then the earliest), or a new story of its own. The biggest: when an outlet
+        filed several reports of one event, they sit in different stories (one per story), and the
+        others' reports belong with the story most of them joined (measured: bench/dedup_quality.py)."""
         row = new.row
-        for sim, other_id in new.verified:
-            other = self.known[other_id]
+        for other in (self.known[i] for _, i in new.verified):
             if other.story_id is None:  # stored before stories existed
                 other.story_id = other.id
                 self.touched.add(other.id)
+        for sim, other_id in _by_story_size(new.verified, lambda i: self.known[i].story_id, self.sizes):
+            other = self.known[other_id]
             if other.story_id in self.taken:
                 continue  # never two different articles of one source in one story
             self._record(row, other, "story", "story", sim)
-            return other.story_id
+            return cast(int, other.story_id)
         return row.id
 
 
@@ -470,6 +489,19 @@ def _scored(
             scored.append((sim, other_id))
     scored.sort(key=lambda pair: (-pair[0], pair[1]))
     return scored
+
+
+def _by_story_size(
+    verified: list[tuple[float, int]], story_of: Callable[[int], int | None], sizes: Counter[int]
+) -> list[tuple[float, int]]:
+    """Verified candidates (similarity, id) ordered by the size of their story (biggest first), then
+    by similarity (highest first), then by id (earliest first); a story not counted holds one item."""
+
+    def order(pair: tuple[float, int]) -> tuple[int, float, int]:
+        story = story_of(pair[1])
+        return (-(sizes.get(story, 0) or 1) if story is not None else -1, -pair[0], pair[1])
+
+    return sorted(verified, key=order)
 
 
 def _texts(c: Connection, ids: set[int]) -> dict[int, str]:
@@ -602,6 +634,7 @@ def relink_stories(s: Session, params: StoryParams, now: datetime) -> int:
     )  # key -> earlier (id, source, published)
     story_of: dict[int, int] = {}
     sources_of: dict[int, set[int]] = defaultdict(set)
+    sizes: Counter[int] = Counter()
     merges = []
     for item_id, source_id, published in items:
         other = article_of.get(item_id)
@@ -611,7 +644,8 @@ def relink_stories(s: Session, params: StoryParams, now: datetime) -> int:
                      if src != source_id and abs(when - published) <= window and i in terms}  # fmt: skip
             story = item_id
             mine = Terms.decode(terms[item_id]) if item_id in terms else None
-            for sim, cand in _scored(mine, found.items(), params) if mine else ():
+            scored = _scored(mine, found.items(), params) if mine else []
+            for sim, cand in _by_story_size(scored, story_of.get, sizes):
                 if source_id not in sources_of[story_of[cand]]:
                     story = story_of[cand]
                     merges.append({"item_id": item_id, "other_id": cand, "level": "story", "rule": "story",
@@ -619,6 +653,7 @@ def relink_stories(s: Session, params: StoryParams, now: datetime) -> int:
                     break
         story_of[item_id] = story
         sources_of[story].add(source_id)
+        sizes[story] += 1
         for k in keys[item_id]:
             seen[k].append((item_id, source_id, published))
     for chunk in _chunks(story_of.items()):
