@@ -111,7 +111,7 @@ def shingles(words: Sequence[str], k: int) -> set[str]:
 
 def story_terms(title: str, text: str, lead_words: int) -> frozenset[str]:
     """Title words and the first ``lead_words`` words of the text, minus function words, stemmed."""
-    return title_terms(title) | _terms(_lead(text, lead_words))
+    return Terms.of(title, text, lead_words).lead
 
 
 def title_terms(title: str) -> frozenset[str]:
@@ -202,6 +202,13 @@ class Terms:
     title: frozenset[str]  # title_terms
     lead: frozenset[str]  # story_terms: title terms and the stemmed lead words
 
+    @classmethod
+    def of(cls, title: str, text: str, lead_words: int) -> Terms:
+        """The terms of an item: its title terms, and those with the first ``lead_words`` words of its
+        text (what ``analyze`` stores, and what an item stored without them gets)."""
+        heading = title_terms(title)
+        return cls(heading, heading | _terms(_lead(text, lead_words)))
+
     def encode(self) -> str:
         """One line: the title terms, a tab, the lead-only terms (terms never hold whitespace)."""
         return " ".join(sorted(self.title)) + "\t" + " ".join(sorted(self.lead - self.title))
@@ -230,15 +237,15 @@ class Analysis:
 def analyze(title: str, text: str, params: StoryParams) -> Analysis:
     title_words, words = tokens(title), tokens(text)
     near = _near_shingles(words, params)
-    heading = title_terms(title)
-    lead = heading | _terms(_lead(text, params.lead_words))
+    terms = Terms.of(title, text, params.lead_words)
+    heading = terms.title
     fp = Fingerprint(
         text_key=_text_key(title_words, words, params),
         near_keys=_near_keys(words, params) if near else (),
         story_keys=pair_keys(heading, params.story_sketch),
         title_key=_title_key(title_words, heading, params),
     )
-    return Analysis(fp, Terms(heading, lead), near)
+    return Analysis(fp, terms, near)
 
 
 def fingerprint(title: str, text: str, params: StoryParams) -> Fingerprint:
@@ -413,8 +420,7 @@ def _person_key(person: bytes, payload: bytes) -> int:
 
 def story_similarity(title_a: str, text_a: str, title_b: str, text_b: str, params: StoryParams) -> float:
     """``terms_similarity`` of two items given as title and text."""
-    a = Terms(title_terms(title_a), story_terms(title_a, text_a, params.lead_words))
-    b = Terms(title_terms(title_b), story_terms(title_b, text_b, params.lead_words))
+    a, b = Terms.of(title_a, text_a, params.lead_words), Terms.of(title_b, text_b, params.lead_words)
     return terms_similarity(a, b, params)
 
 

@@ -659,10 +659,8 @@ def test_a_report_joins_the_biggest_of_the_stories_it_matches(sessions: sessionm
         }
     assert story["a"] == story["b"] != story["d"]  # the airport report is a story of its own
     assert story["e"] == story["a"]  # closer to d's title, but a and b's story is the bigger
-    e = stories.Terms(stories.title_terms(reports["e"]), stories.title_terms(reports["e"]))
-    d = stories.Terms(stories.title_terms(reports["d"]), stories.title_terms(reports["d"]))
-    a = stories.Terms(stories.title_terms(reports["a"]), stories.title_terms(reports["a"]))
     params = StoryParams()
+    e, d, a = (stories.Terms.of(reports[name], "", params.lead_words) for name in "eda")
     assert (
         stories.terms_similarity(e, d, params)
         > stories.terms_similarity(e, a, params)

@@ -419,17 +419,21 @@ class _Poll:
         filed several reports of one event, they sit in different stories (one per story), and the
         others' reports belong with the story most of them joined (measured: bench/dedup_quality.py)."""
         row = new.row
-        for other in (self.known[i] for _, i in new.verified):
-            if other.story_id is None:  # stored before stories existed
+        for sim, other_id in _by_story_size(new.verified, self._story_of, self.sizes):
+            other = self.known[other_id]
+            if self._story_of(other_id) in self.taken:
+                continue  # never two different articles of one source in one story
+            if other.story_id is None:  # stored before stories existed: its own story from now on
                 other.story_id = other.id
                 self.touched.add(other.id)
-        for sim, other_id in _by_story_size(new.verified, lambda i: self.known[i].story_id, self.sizes):
-            other = self.known[other_id]
-            if other.story_id in self.taken:
-                continue  # never two different articles of one source in one story
             self._record(row, other, "story", "story", sim)
-            return cast(int, other.story_id)
+            return other.story_id
         return row.id
+
+    def _story_of(self, item_id: int) -> int:
+        """A known item's story (its own id when it was stored before stories existed)."""
+        known = self.known[item_id]
+        return known.story_id or known.id
 
 
 def _keys_of(new: _New, kind: str) -> list[int]:
@@ -492,14 +496,13 @@ def _scored(
 
 
 def _by_story_size(
-    verified: list[tuple[float, int]], story_of: Callable[[int], int | None], sizes: Counter[int]
+    verified: list[tuple[float, int]], story_of: Callable[[int], int], sizes: Counter[int]
 ) -> list[tuple[float, int]]:
     """Verified candidates (similarity, id) ordered by the size of their story (biggest first), then
     by similarity (highest first), then by id (earliest first); a story not counted holds one item."""
 
     def order(pair: tuple[float, int]) -> tuple[int, float, int]:
-        story = story_of(pair[1])
-        return (-(sizes.get(story, 0) or 1) if story is not None else -1, -pair[0], pair[1])
+        return (-(sizes.get(story_of(pair[1])) or 1), -pair[0], pair[1])
 
     return sorted(verified, key=order)
 
@@ -522,8 +525,7 @@ def _terms(c: Connection, ids: set[int], params: StoryParams) -> dict[int, str]:
     for chunk in _chunks(missing):
         computed = {}
         for item_id, title, text in c.execute(_sql(c.dialect.name).titles_texts, {"ids": _ids(c, chunk)}):
-            lead = stories.story_terms(title, text, params.lead_words)
-            computed[item_id] = Terms(stories.title_terms(title), lead).encode()
+            computed[item_id] = Terms.of(title, text, params.lead_words).encode()
         if computed:  # another worker may be storing the same ones
             values = [{"item_id": i, "terms": t} for i, t in computed.items()]
             c.execute(_insert_missing(c, TermsRow), values)
@@ -645,7 +647,7 @@ def relink_stories(s: Session, params: StoryParams, now: datetime) -> int:
             story = item_id
             mine = Terms.decode(terms[item_id]) if item_id in terms else None
             scored = _scored(mine, found.items(), params) if mine else []
-            for sim, cand in _by_story_size(scored, story_of.get, sizes):
+            for sim, cand in _by_story_size(scored, story_of.__getitem__, sizes):
                 if source_id not in sources_of[story_of[cand]]:
                     story = story_of[cand]
                     merges.append({"item_id": item_id, "other_id": cand, "level": "story", "rule": "story",

@@ -90,20 +90,16 @@ def _rekey(
                 prints.c.kind.in_(("story", "near")), prints.c.item_id.between(first, last)
             )
         )
-        values = [
-            {"item_id": row[0], "kind": kind, "key": key, "published": row[2]}
-            for row in rows
-            for kind, keys in (("story", story(stories.title_terms(row[1]))), ("near", near(row[3])))
-            for key in keys
-        ]
+        values, encoded = [], []
+        for item_id, title, published, text in rows:
+            found = stories.Terms.of(title, text, lead_words)
+            for kind, keys in (("story", story(found.title)), ("near", near(text))):
+                values += [
+                    {"item_id": item_id, "kind": kind, "key": key, "published": published} for key in keys
+                ]
+            encoded.append({"item_id": item_id, "terms": found.encode()})
         if values:
             c.execute(sa.insert(prints), values)
         if terms:
             c.execute(sa.delete(stored).where(stored.c.item_id.between(first, last)))
-            encoded = [{"item_id": row[0], "terms": _terms(row[1], row[3], lead_words)} for row in rows]
             c.execute(sa.insert(stored), encoded)
-
-
-def _terms(title: str, text: str, lead_words: int) -> str:
-    """An item's stored story terms (store/stories.py keeps them in this form)."""
-    return stories.Terms(stories.title_terms(title), stories.story_terms(title, text, lead_words)).encode()
