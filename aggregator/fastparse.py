@@ -19,6 +19,7 @@ import fastfeedparser
 from lxml import etree
 
 from aggregator.model import Enclosure, FeedMeta, ParsedFeed, RawEntry
+from aggregator.urls import is_plain_absolute
 
 _MEDIA_NS = ("http://search.yahoo.com/mrss/", "http://search.yahoo.com/mrss")
 _ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -458,6 +459,8 @@ def join_url(base: str, value: object) -> str | None:
     found = stripped(value)
     if not found:
         return None
+    if is_plain_absolute(found) and is_plain_absolute(base):
+        return found  # what urljoin gives back for it, without its two parses
     try:
         return urljoin(base, found)
     except ValueError:  # e.g. "http://[bad-ipv6"

@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from aggregator.fastparse import Rejected, parse_fast
+from aggregator.fastparse import Rejected, join_url, parse_fast
 from aggregator.model import Enclosure
 from aggregator.parse import parse_feed, parse_feed_traced
 
@@ -215,3 +217,22 @@ def test_an_empty_body_beside_a_media_description_falls_back() -> None:
     with pytest.raises(Rejected, match="entry 0: empty body where media:description exists"):
         _check((RawEntry(title="t"),), [_Extras(captions=["a caption"])], b"<rss/>")
     _check((RawEntry(title="t", summary="a caption"),), [_Extras(captions=["a caption"])], b"<rss/>")
+
+
+_URL_PART = st.sampled_from(
+    ["http://Ex.com", "https://ex.com:443", "https://ex.com", "/a", "/./b", "/../c", "?q=1", "?", "#f", "#",
+     "//h.org", "x y", ";p", "%41", "/é", "mailto:a@b", "file:///t", ""]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(_URL_PART, max_size=4).map("".join), st.lists(_URL_PART, max_size=4).map("".join))
+def test_join_url_is_urljoin(base: str, value: str) -> None:
+    """join_url's shortcut for plain absolute URLs gives what urljoin gives."""
+    from urllib.parse import urljoin
+
+    try:
+        expected = urljoin(base, value.strip()) if value.strip() else None
+    except ValueError:
+        expected = value.strip()
+    assert join_url(base, value) == expected

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"aggregator.model", "aggregator.errors", "yaml", "pydantic"},
     "fetch": {"aggregator.model", "aggregator.errors", "aggregator.urls", "requests", "urllib3", "brotli"},
     "parse": {"aggregator.model", "aggregator.errors", "aggregator.fastparse", "feedparser"},
-    "fastparse": {"aggregator.model", "fastfeedparser", "lxml"},
+    "fastparse": {"aggregator.model", "aggregator.urls", "fastfeedparser", "lxml"},
     "publish": {"aggregator.model", "aggregator.errors", "feedgen", "lxml"},
     "opml": {"aggregator.model", "aggregator.errors", "aggregator.config", "yaml", "lxml"},
 }
