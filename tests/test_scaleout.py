@@ -30,7 +30,7 @@ from pgcluster import (
 
 FEEDS = 300
 INTERVAL = 15.0  # seconds between polls of a source (300 sources: 20 polls a second)
-PERIODS = 2  # due periods (each one changes a third of the feeds) before the last one
+PERIODS = 1  # due periods (each one changes a third of the feeds) before the last one
 JITTER = 0.1  # schedule.JITTER: each wait is the interval ±10 %
 LAG = 0.6 * INTERVAL  # how late a poll may start on a busy machine; a missed period is a whole interval
 
