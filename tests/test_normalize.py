@@ -941,3 +941,19 @@ def test_one_pass_text_equals_the_pruned_tree_on_the_corpus() -> None:
                 one_pass += markup._clean_text(safe, extra) is not None
                 assert markup._html_and_text(safe, extra) == markup._pruned_html_and_text(safe, extra)
     assert total > 2000 and one_pass > 0.9 * total, (one_pass, total)
+
+
+def test_the_cached_sanitizer_gives_every_thread_its_own_result() -> None:
+    """One nh3.Cleaner per base URL, shared by the polling threads: results as if each ran alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aggregator.parse import parse_feed
+
+    bodies = [
+        raw.content or raw.summary or ""
+        for path in sorted((CORPUS / "real").glob("*.xml"))[:20]
+        for raw in parse_feed(path.read_bytes(), url=path.as_uri(), content_type=None, source="t").entries
+    ]
+    alone = [clean_html(body, "https://ex.com/feed/") for body in bodies]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda body: clean_html(body, "https://ex.com/feed/"), bodies)) == alone
