@@ -10,10 +10,12 @@ costs less). CPU time, not wall time: the machine is shared.
 
     .venv/bin/python bench/dedup_cost.py                          # 10k, 100k and 1M (1M: ~10 minutes)
     .venv/bin/python bench/dedup_cost.py 10000 100000
+    .venv/bin/python bench/dedup_cost.py 10000 --batches 31     # steadier medians on a busy machine
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sqlite3
@@ -21,11 +23,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import DateTime, func, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,7 +50,10 @@ TOPICS = [
     Topic(f"t{i}", f"w{i} OR w{i + 100} OR (w{i + 200} AND NOT w{i + 300}) OR title:w{i + 400}")
     for i in range(10)
 ]
-_STAMP = sqlite.DATETIME().bind_processor(sqlite.dialect())  # the store's text form of a UTC datetime
+# the store's text form of a UTC datetime
+_STAMP = cast(
+    Callable[[datetime], str], DateTime().dialect_impl(sqlite.dialect()).bind_processor(sqlite.dialect())
+)
 
 
 def document(rng: random.Random) -> tuple[str, str]:
@@ -61,14 +67,19 @@ def stamp(when: datetime) -> str:
     return value
 
 
-def background(n: int, pool: list[tuple[str, str]], analyses: list[Analysis]) -> Iterator[tuple[list, ...]]:
+def background(
+    n: int, pool: list[tuple[str, str]], analyses: list[Analysis]
+) -> Iterator[tuple[list[tuple[Any, ...]], ...]]:
     """Rows of items, fingerprints, story terms and topic memberships, in chunks of 20,000 items. A pool
     document comes back every POOL items from another source (syndicated copies across the store)."""
     step = timedelta(days=1) / RATE
     matchers = [TopicMatcher(topic) for topic in TOPICS]
     hits = [[m.topic.name for m in matchers if m.matches(_item(t, x), ())] for t, x in pool]
     for start in range(0, n, 20_000):
-        items, keys, terms, members = [], [], [], []
+        items: list[tuple[Any, ...]] = []
+        keys: list[tuple[Any, ...]] = []
+        terms: list[tuple[Any, ...]] = []
+        members: list[tuple[Any, ...]] = []
         for i in range(start, min(n, start + 20_000)):
             doc, item_id, when = i % POOL, i + 1, stamp(START + i * step)
             title, text = pool[doc]
@@ -147,7 +158,7 @@ def new_items(
     return items
 
 
-def measure(n: int) -> dict[str, float]:
+def measure(n: int, batches: int = BATCHES) -> dict[str, float]:
     """CPU ms per new item (median over the batches) of storing, linking and topic matching."""
     rng = random.Random(n)
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +175,7 @@ def measure(n: int) -> dict[str, float]:
         sources = [Source(f"s{i}", f"file:///s{i}") for i in range(SOURCES + 1)]
         ctx = Context.build(sources, TOPICS, sessions, _no_fetch)
         costs: dict[str, list[float]] = {"save": [], "link": [], "match": []}
-        for b in range(BATCHES):
+        for b in range(batches):
             items = new_items(rng, pool, n, end + timedelta(minutes=b), b)
             with sessions.begin() as s:
                 clock = time.process_time()
@@ -184,13 +195,21 @@ def measure(n: int) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    sizes = [int(x) for x in argv] or [10_000, 100_000, 1_000_000]
-    print(f"CPU ms per new item, median of {BATCHES - 1} batches of {BATCH} (the first one warms caches)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sizes", nargs="*", type=int, help="stored items to measure at (default: 10k, 100k, 1M)")
+    p.add_argument(
+        "--batches", type=int, default=BATCHES, help=f"batches of {BATCH} new items (default: %(default)s)"
+    )
+    args = p.parse_args(argv)
+    sizes = args.sizes or [10_000, 100_000, 1_000_000]
+    print(
+        f"CPU ms per new item, median of {args.batches - 1} batches of {BATCH} (the first one warms caches)"
+    )
     columns = ("save_items", "link_items", "match_items", "merged", "fill s")
     print(f"{'stored items':>12} | " + " | ".join(columns))
     rows = []
     for n in sizes:
-        r = measure(n)
+        r = measure(n, args.batches)
         rows.append({"stored": n, **r})
         print(f"{n:>12,} | {r['save']:>10.3f} | {r['link']:>10.3f} | {r['match']:>11.3f} | "
               f"{int(r['merged']):>6} | {r['fill']:.0f}", flush=True)  # fmt: skip

@@ -9,12 +9,13 @@ import csv
 import dataclasses
 import functools
 import json
+import re
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -374,6 +375,56 @@ def test_the_input_hashes_never_change_so_stored_near_keys_stay_valid() -> None:
     assert stories.near_keys(text, StoryParams())[:2] == (6620574156837946120, 3246092694650452754)
 
 
+def test_story_text_and_title_keys_never_change_so_stored_keys_stay_valid() -> None:
+    """Pinned values of the other stored kinds: pairs of title terms, exact text, exact long title."""
+    params = StoryParams()
+    assert stories.pair_keys({"volcan", "palma", "lava"}, 8) == (
+        5380463984157212385, 8755101906928199445, 5957066435777972486
+    )  # fmt: skip
+    assert stories.text_key("Lava", " ".join(f"w{i}" for i in range(20)), params) == 4361560790465828880
+    title = "Volcano erupts on La Palma island as thousands are evacuated from homes near lava"
+    fp = stories.fingerprint(title, "", params)
+    assert fp.title_key == stories.title_key(title, params) == 7064410923706014789
+    assert len(fp.story_keys) == 28 and fp.story_keys[:2] == (7328817342911941426, 3040571818714671297)
+
+
+def test_analyze_builds_the_terms_of_its_own_tokens_as_terms_of_does() -> None:
+    """analyze hands its tokens to Terms.of, which uses them unless a number glued to a name has to go
+    first: the same terms as tokenizing title and lead again, wherever the glued number is."""
+    params = StoryParams()
+    lead = " ".join(f"word{i}" for i in range(params.lead_words))
+    texts = [
+        lead + " and more " * 50,
+        "The COVID-19 jets. " + lead,  # glued number in the lead
+        lead + " then the F-35 flew " * 30,  # only after the lead
+        "x" * 700 + " " + lead,  # a long word: the beginning of the text holds few words
+        "中国军网 " * 30 + lead,
+        lead[:-3] + "ab-12" + " tail" * 200,  # a glued number where a lead of 16 chars per word ends
+        "short",
+        "",
+    ]
+    for title in ("Six dead as COVID-19 cases rise", "Lava destroys homes", "", "G-7 中国 summit"):
+        for body in texts:
+            expected = stories.Terms.of(title, body, params.lead_words)
+            assert stories.analyze(title, body, params).terms == expected, (title, body[:40])
+
+
+def test_glued_numbers_are_found_where_a_leading_lookbehind_finds_them() -> None:
+    """``_GLUED`` checks the letter before the hyphen after finding the hyphen (5x faster): the same
+    matches as the pattern with the lookbehind first."""
+    reference = re.compile(r"(?<=[^\W\d_])[-\u2010\u2011]\d+\b")
+    samples = [
+        "COVID-19 x-1",
+        "-1 a-1 _-2 1-2 é\u20103 中-4 a--5 a-5b a-5_ a-5 ",
+        "a\u2011\u20111 b\u20112",
+        "F-35s F-35",
+    ]
+    for value in samples:
+        assert [m.span() for m in stories._GLUED.finditer(value)] == [
+            m.span() for m in reference.finditer(value)
+        ], value
+
+
 def test_sha1_input_hashes_give_datasketch_default_values_for_the_0008_downgrade() -> None:
     features = [f"shingle {i} über 中国" for i in range(300)]
     for num_perm in (12, 120):
@@ -620,6 +671,40 @@ def test_two_workers_linking_reports_of_one_event_at_once_make_one_story(
             assert found[second.uid] == found[first.uid] is not None
         finally:
             engine.dispose()
+
+
+def test_candidates_are_found_up_to_the_window_and_not_beyond(sessions: sessionmaker[Session]) -> None:
+    """A report published exactly ``window_hours`` after another joins its story, one a microsecond
+    further does not; an identical text exactly ``article_window_days`` away joins its article (the
+    windows compare the stored times as the database driver gives them)."""
+    params, now = StoryParams(), datetime(2021, 9, 20, 12, tzinfo=UTC)
+    story, article = timedelta(hours=params.window_hours), timedelta(days=params.article_window_days)
+    tick = timedelta(microseconds=1)
+    title, words = "Lava destroys homes on Palma island", " ".join(f"w{i}" for i in range(40))
+    reports = {
+        "a": (title, "", now),
+        "b": (title, "", now + story),
+        "c": (title, "", now - story - tick),
+        "d": ("Quarterly figures", words, now),
+        "e": ("Annual report", words, now + article),
+        "f": ("Monthly results", words, now - article - tick),
+    }
+    with sessions.begin() as s:
+        store.sync_sources(s, [Source(name, f"file:///{name}") for name in reports], now)
+    for name, (head, body, at) in reports.items():
+        key = f"guid:{name}"
+        item = Item(source=name, key=key, uid=dedup.item_uid(name, key), title=head, html="", text=body,
+                    published=at, content_hash=dedup.content_hash(head, body))  # fmt: skip
+        with sessions.begin() as s:
+            store.link_items(s, store.save_items(s, name, [item], now).new, [], now)
+    with sessions() as s:
+        rows = s.execute(select(ItemRow.source_id, ItemRow.story_id, ItemRow.article_id).order_by(ItemRow.id))
+        found = {
+            name: (story_id, article_id)
+            for name, (_, story_id, article_id) in zip(reports, rows, strict=True)
+        }
+    assert found["b"][0] == found["a"][0] != found["c"][0]
+    assert found["e"][1] == found["d"][1] is not None and found["f"][1] != found["d"][1]
 
 
 def test_story_terms_fold_counts_plurals_and_numbers_glued_to_names() -> None:
