@@ -158,7 +158,7 @@ def _parse(html: str) -> _Node:
 # nh3's output is a serialized DOM: lower-case tags, every attribute as name="escaped value", text with
 # < and > escaped, no comments. One regex pass reads it into the same tree HTMLParser builds; anything
 # else (never seen) goes to HTMLParser.
-_CLEAN_TOKEN = re.compile(r'<([a-z][a-z0-9]*)((?: [^\s"\'<>/=]+="[^"]*")*)>|</([a-z][a-z0-9]*)>|([^<]+)')
+_CLEAN_TOKEN = re.compile(r'<([a-z][a-z0-9]*)((?: [^\s"\'<>/=]+="[^"]*")*)>|</([a-z][a-z0-9]*)>|([^<]+)|<')
 _CLEAN_ATTR = re.compile(r' ([^="]+)="([^"]*)"')
 
 
@@ -168,7 +168,7 @@ def _parse_clean(html: str) -> _Node:
     pos, end = 0, len(html)
     while pos < end:
         m = _CLEAN_TOKEN.match(html, pos)
-        if m is None:
+        if m is None or m.lastindex is None:  # a "<" that starts no tag nh3 writes
             return _parse(html)  # not nh3's shape after all: start again with HTMLParser
         start, attrs, close, text = m.groups()
         if text is not None:

@@ -957,3 +957,12 @@ def test_the_cached_sanitizer_gives_every_thread_its_own_result() -> None:
     alone = [clean_html(body, "https://ex.com/feed/") for body in bodies]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lambda body: clean_html(body, "https://ex.com/feed/"), bodies)) == alone
+
+
+@pytest.mark.parametrize("html", ["<p>x</p><P>Advertisement</P>", "<p>a <3 b</p>", "<p>a</p><", "x<y"])
+def test_one_pass_text_hands_what_nh3_never_writes_to_the_tree(html: str) -> None:
+    """A "<" that starts no tag of nh3's shape: the one-pass reader gives up (None), the tree reads it."""
+    from aggregator import markup
+
+    assert markup._clean_text(html, None) is None
+    assert markup._html_and_text(html, None) == markup._pruned_html_and_text(html, None)
