@@ -102,6 +102,7 @@ _BLOCK = _words(
     "p div li ul ol dl dt dd blockquote pre h1 h2 h3 h4 h5 h6 figure figcaption table thead tbody "
     "tfoot tr caption hr section article header footer aside nav main address details summary"
 )
+_LINE_BREAKS = _BLOCK | {"br", "td", "th"}  # what ends a line of inline content (``_prune``)
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>|<!--|<!\[CDATA\[")
 
 
@@ -232,7 +233,7 @@ def _clean_text(html: str, extra: re.Pattern[str] | None) -> str | None:
                 owners[-1][1][0] = True
             if inline:
                 inline += not void
-            elif start in _BLOCK or start in ("br", "td", "th"):
+            elif start in _LINE_BREAKS:
                 if _line_is_furniture(owners[-1], extra):
                     return None
                 owners[-1][0].clear()
@@ -300,7 +301,7 @@ def _prune(node: _Node, extra: re.Pattern[str] | None) -> bool:
 
 
 def _breaks_line(node: _Node) -> bool:
-    return node.tag in _BLOCK or node.tag in ("br", "td", "th")
+    return node.tag in _LINE_BREAKS
 
 
 def _emptied(node: _Node) -> bool:
