@@ -218,9 +218,12 @@ def near_shingles(text: str, params: StoryParams) -> set[str] | None:
 
 
 def _near_shingles(words: list[str], params: StoryParams) -> set[str] | None:
-    if len(words) < params.min_near_tokens:
-        return None
-    return shingles(words, params.shingle)
+    return shingles(words, params.shingle) if _comparable(words, params) else None
+
+
+def _comparable(words: Sequence[str], params: StoryParams) -> bool:
+    """Whether a text of ``words`` is long enough for the near-duplicate test (shingles, band keys)."""
+    return len(words) >= params.min_near_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +243,8 @@ class Terms:
         the terms are made of unless a number glued to a name has to go first (rare): then title and
         lead are tokenized again without it."""
         title_words, words = tokenized or (None, None)
-        if title_words is None or _GLUED.search(title):
-            title_words = tokens(_GLUED.sub("", title))
-        heading = _terms(title_words)
+        retokenize = title_words is None or _GLUED.search(title)
+        heading = title_terms(title) if retokenize else _terms(title_words or [])
         if words is None or _GLUED.search(text):  # else the text's first words are the lead
             words = _lead(text, lead_words)  # (tokenizing only the beginning of the text)
         return cls(heading, heading | _terms(words[:lead_words]))
@@ -280,7 +282,7 @@ class Analysis:
 
 def analyze(title: str, text: str, params: StoryParams) -> Analysis:
     title_words, words = tokens(title), tokens(text)
-    near = len(words) >= params.min_near_tokens  # what ``_near_shingles`` asks
+    near = _comparable(words, params)
     terms = Terms.of(title, text, params.lead_words, (title_words, words))
     heading = terms.title
     fp = Fingerprint(
@@ -335,7 +337,7 @@ def near_keys(text: str, params: StoryParams) -> tuple[int, ...]:
     """The near-duplicate band keys of a text (none when it is too short to compare), as ``analyze``
     gives them."""
     words = tokens(text)
-    return _near_keys(words, params) if len(words) >= params.min_near_tokens else ()
+    return _near_keys(words, params) if _comparable(words, params) else ()
 
 
 def _near_keys(words: Sequence[str], params: StoryParams) -> tuple[int, ...]:
@@ -448,20 +450,16 @@ def _permutations(num_perm: int) -> tuple[NDArray[np.uint32], NDArray[np.uint32]
 
 
 def _key(kind: str, payload: bytes) -> int:
-    return _person_key(_person(kind), payload)
+    digest = hashlib.blake2b(payload, digest_size=8, person=_person(kind)).digest()
+    return int.from_bytes(digest, "big") >> 1  # 63 bits: fits a signed BIGINT everywhere
 
 
 def _person(kind: str) -> bytes:
     return kind.encode()[:16]
 
 
-def _person_key(person: bytes, payload: bytes) -> int:
-    digest = hashlib.blake2b(payload, digest_size=8, person=person).digest()
-    return int.from_bytes(digest, "big") >> 1  # 63 bits: fits a signed BIGINT everywhere
-
-
 def _keys(digests: list[bytes]) -> tuple[int, ...]:
-    """``_person_key``'s values of many 8-byte digests, converted at once (an item has ~50 keys)."""
+    """``_key``'s values of many 8-byte digests, converted at once (an item has ~50 keys)."""
     return tuple((np.frombuffer(b"".join(digests), ">u8") >> np.uint64(1)).tolist())
 
 
