@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -157,30 +158,32 @@ def poll_source(ctx: Context, name: str, now: datetime) -> PollOutcome:
         message = f"source {name!r}: store: cannot read the source's state: {store.db_problem(e)}"
         log.error("%s; polled again when its lease ends", message)
         return PollOutcome(name, "error", now, error=message)
-    try:
-        result = ctx.fetch(source, state)
-        if result.not_modified or _same_body(result, state):
-            return _not_modified(ctx, source, result, state, stored, started, now)
-        with ctx.stages.parse:
-            content_type = result.headers.get("content-type")
-            known = partial(_raw_hashes, ctx, name)
-            meta, items, same, problem = ctx.stages.run(
-                source, result.body, result.url, content_type, now, known
-            )
-    except AggregatorError as e:
-        status, retry_after = getattr(e, "status", None), getattr(e, "retry_after", None)
-        with ctx.stages.write:
-            return _failed(ctx, source, state, started, now, str(e), status, retry_after)
-    except Exception as e:  # a bug must not stop the other sources: record it, log the traceback
-        log.exception("source %r: unexpected error", name)
-        message = f"source {name!r}: internal error: {type(e).__name__}: {e}"
-        with ctx.stages.write:
-            return _failed(ctx, source, state, started, now, message, None)
-    return _retried(
-        partial(_store, ctx, source, result, state, meta, items, same, problem, started, now),
-        partial(_store_failed, ctx, source, state, started, now, http_status=result.status),
-        name,
-    )
+    with ExitStack() as slot:
+        try:
+            result = ctx.fetch(source, state)
+            if result.not_modified or _same_body(result, state):
+                return _not_modified(ctx, source, result, state, stored, started, now)
+            slot.enter_context(ctx.stages.document)  # SQLite, parsed in the threads: parse + store, one slot
+            with ctx.stages.parse:
+                content_type = result.headers.get("content-type")
+                known = partial(_raw_hashes, ctx, name)
+                meta, items, same, problem = ctx.stages.run(
+                    source, result.body, result.url, content_type, now, known
+                )
+        except AggregatorError as e:
+            status, retry_after = getattr(e, "status", None), getattr(e, "retry_after", None)
+            with ctx.stages.write:
+                return _failed(ctx, source, state, started, now, str(e), status, retry_after)
+        except Exception as e:  # a bug must not stop the other sources: record it, log the traceback
+            log.exception("source %r: unexpected error", name)
+            message = f"source {name!r}: internal error: {type(e).__name__}: {e}"
+            with ctx.stages.write:
+                return _failed(ctx, source, state, started, now, message, None)
+        return _retried(
+            partial(_store, ctx, source, result, state, meta, items, same, problem, started, now),
+            partial(_store_failed, ctx, source, state, started, now, http_status=result.status),
+            name,
+        )
 
 
 def _raw_hashes(ctx: Context, name: str, keys: Sequence[str]) -> dict[str, str | None]:
