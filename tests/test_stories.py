@@ -372,7 +372,9 @@ def test_the_input_hashes_never_change_so_stored_near_keys_stay_valid() -> None:
     assert stories.feature_hash("volcano erupts on") == 676898866
     assert stories.feature_hash("erupts volcano on") != stories.feature_hash("volcano erupts on")
     text = " ".join(f"w{i}" for i in range(40))
-    assert stories.near_keys(text, StoryParams())[:2] == (6620574156837946120, 3246092694650452754)
+    assert stories.near_keys(text, StoryParams())[:2] == (9171085605713652997, 7152834726210107650)
+    revision_0008 = replace(StoryParams(), near_bands=20, near_rows=6)  # what 0009's downgrade stores
+    assert stories.near_keys(text, revision_0008)[:2] == (6620574156837946120, 3246092694650452754)
 
 
 def test_story_text_and_title_keys_never_change_so_stored_keys_stay_valid() -> None:
@@ -555,14 +557,14 @@ def test_items_stored_before_story_terms_get_them_when_compared(sessions: sessio
 
 
 @needs_corpus
-def test_migration_0008_rekeys_stored_items_both_ways(database_url: str) -> None:
+def test_migrations_0008_and_0009_rekey_stored_items_both_ways(database_url: str) -> None:
     """Items stored with one key per title term and SHA-1 near keys (0007) get the pair keys and the
-    word-hash near keys (0008), and back."""
+    word-hash near keys (0008), then 12 near bands of 5 rows instead of 20 of 6 (0009), and back."""
     engine = store.make_engine(database_url)
     try:
         sessions = store.make_sessionmaker(engine)
         ingest(sessions, [(["bbc-news-1.xml", "cnn-1.xml", "nzherald-1.xml"], CAPTURED)], StoryParams())
-        params = StoryParams()
+        params = replace(StoryParams(), near_bands=20, near_rows=6)  # the bands of revisions 0004 to 0008
 
         def stored(kind: str) -> dict[int, set[int]]:
             with sessions() as s:
@@ -600,15 +602,26 @@ def test_migration_0008_rekeys_stored_items_both_ways(database_url: str) -> None
         assert len(new["story"]) > 50 and len(new["near"]) > 20  # the short texts have no near keys
         assert new["near"].keys() == old["near"].keys()  # the same items have near keys, other keys
         assert not any(keys & old["near"][item_id] for item_id, keys in new["near"].items())
-        assert {kind: stored(kind) for kind in new} == new  # as the pipeline stored them
+        current = StoryParams()  # 0009: fewer bands
+        head = {
+            "story": new["story"],
+            "near": expected(lambda t: (), lambda x: stories.near_keys(x, current))["near"],
+        }
+        assert head["near"].keys() == new["near"].keys()
+        assert all(len(keys) == 12 for keys in head["near"].values())
+        assert {kind: stored(kind) for kind in new} == head  # as the pipeline stored them
         with sessions() as s:
             terms = dict(s.execute(select(TermsRow.item_id, TermsRow.terms)).all())
+        migrate(engine, "0008", down=True)
+        assert {kind: stored(kind) for kind in new} == new
         migrate(engine, "0007", down=True)
         assert {kind: stored(kind) for kind in new} == old
         with sessions.begin() as s:  # as 0007 stored them: COVID-19 was "covid" and "19", no plurals
             s.execute(update(TermsRow).values(terms="covid 19 cases\t"))
-        migrate(engine, "head")
+        migrate(engine, "0008")
         assert {kind: stored(kind) for kind in new} == new
+        migrate(engine, "head")
+        assert {kind: stored(kind) for kind in new} == head
         with sessions() as s:
             assert dict(s.execute(select(TermsRow.item_id, TermsRow.terms)).all()) == terms
     finally:

@@ -11,6 +11,7 @@ Create Date: 2026-11-29
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection
 
 import sqlalchemy as sa
@@ -27,8 +28,13 @@ CHUNK = 5000
 _BANDS = 12  # the single-term MinHash bands of revisions 0004 to 0007 (downgrade)
 
 
+# the near-duplicate bands of revisions 0004 to 0008 (0009 has fewer): pinned, so that this revision
+# stores what it stored when it was written
+_NEAR = {"near_bands": 20, "near_rows": 6}
+
+
 def upgrade() -> None:
-    params = stories.StoryParams()
+    params = dataclasses.replace(stories.StoryParams(), **_NEAR)
     _rekey(
         lambda terms: stories.pair_keys(terms, params.story_sketch),
         lambda text: stories.near_keys(text, params),
@@ -39,7 +45,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Single-term story keys and SHA-1 near keys again (the stored terms keep the new folding: they only
     verify candidates)."""
-    params = stories.StoryParams()
+    params = dataclasses.replace(stories.StoryParams(), **_NEAR)
     _rekey(
         lambda terms: _sha1_keys("story", terms, _BANDS, 1),
         lambda text: _sha1_keys(
