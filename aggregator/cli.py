@@ -129,7 +129,8 @@ def open_engine(settings: Settings) -> Engine:
     """The store's engine; a ``database:`` URL that cannot be used is a configuration error (exit 2)."""
     try:
         pool = settings.database_pool
-        return store.make_engine(settings.database, store.Pool(pool.size, pool.overflow, pool.timeout))
+        limits = store.Pool(pool.size, pool.overflow, pool.timeout, pool.sqlite_cache, pool.sqlite_mmap)
+        return store.make_engine(settings.database, limits)
     except StoreError as e:
         raise ConfigError(f"{settings.path}: database: {e}") from e
 

@@ -86,6 +86,8 @@ class PoolSettings:
     size: int = 10  # connections kept open
     overflow: int = 10  # more opened under load, closed when returned
     timeout: float = 30.0  # seconds to wait for a free connection before the operation fails
+    sqlite_cache: int = 2**20  # bytes of SQLite page cache per connection (ignored on PostgreSQL)
+    sqlite_mmap: int = 0  # bytes of the SQLite file each connection memory-maps; 0: off
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,31 @@ Duration = Annotated[
 ]
 Interval = Annotated[timedelta, PlainValidator(_interval), _SECONDS_OUT, WithJsonSchema(_DURATION_SCHEMA)]
 Size = Annotated[int, PlainValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA)]
+
+
+def _size_or_off(value: str | int) -> int:
+    """0 (a feature turned off), or a size as ``parse_size`` reads it."""
+    if not isinstance(value, bool) and value in (0, "0"):
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        raise ValueError(f"invalid size {value!r}: must be 0 (off) or more")
+    return parse_size(value)
+
+
+def _size_within(low: int, high: int, bounds: str) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be {bounds} (got {value:,} bytes)")
+        return value
+
+    return check
+
+
+_SIZE_OR_OFF_SCHEMA = {
+    "anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}],
+    "description": f"{_SIZE_SCHEMA['description']}; 0: off",
+}
+SizeOrOff = Annotated[int, PlainValidator(_size_or_off), WithJsonSchema(_SIZE_OR_OFF_SCHEMA)]
 Slug = Annotated[
     str, AfterValidator(_slug("name")), WithJsonSchema({"type": "string", "pattern": _SLUG_ANCHORED})
 ]
@@ -354,10 +381,23 @@ class WorkerConfig(_Section):
     )
 
 
+_SQLITE_CACHE = AfterValidator(_size_within(64_000, 10**9, "between 64KB and 1GB"))
+_SQLITE_MMAP = AfterValidator(_size_within(0, 100 * 10**9, "at most 100GB"))
+
+
 class PoolConfig(_Section):
     size: int = Field(default=10, ge=1, le=1000, description="database connections kept open per process")
     overflow: int = Field(default=10, ge=0, le=1000, description="more connections opened under load")
     timeout: Duration = Field(default=timedelta(seconds=30), description="wait for a free connection")
+    sqlite_cache: Annotated[Size, _SQLITE_CACHE] = Field(
+        default=2**20,
+        description="SQLite page cache of each pooled connection (64KB to 1GB; ignored on PostgreSQL)",
+    )
+    sqlite_mmap: Annotated[SizeOrOff, _SQLITE_MMAP] = Field(
+        default=0,
+        description="bytes of the SQLite file each connection reads memory-mapped; 0: off "
+        "(SQLite caps it at its build's limit, usually 2GiB; ignored on PostgreSQL)",
+    )
 
 
 class DefaultsConfig(_Section):
@@ -1005,5 +1045,7 @@ def load_config(
         tuple(topics),
         retention,
         shell.websub.hub,
-        PoolSettings(pool.size, pool.overflow, pool.timeout.total_seconds()),
+        PoolSettings(
+            pool.size, pool.overflow, pool.timeout.total_seconds(), pool.sqlite_cache, pool.sqlite_mmap
+        ),
     )

@@ -6,11 +6,23 @@ stores batches of 100 new items through the real ``save_items`` + ``link_items``
 of recent stored items, so candidates are found, verified and merged) and ``pipeline.match_items`` (10
 topics), and reports CPU ms per new item (process time, median of the batches). Flat columns from 10k to
 1M mean indexed lookups only (below ~60k items the 30-day near-duplicate window is not full yet, so 10k
-costs less). CPU time, not wall time: the machine is shared.
+costs less). CPU time, not wall time: the machine is shared. "peak RSS" is the process's ru_maxrss after
+the size's batches (file pages read through a memory map count, as they do in a worker); it includes
+building the store when this process built it, so compare it between runs that reuse a kept store
+(``--keep``), one configuration per process.
+
+``--sqlite-cache`` and ``--sqlite-mmap`` (sizes as in the config: 64MB, 1GiB; mmap 0 is off) set the
+``database_pool.sqlite_cache`` / ``sqlite_mmap`` of the engine that stores the new items (defaults: the
+config's, 1 MiB and off). ``--keep DIR`` keeps each built store in DIR (stored-N.db, built there when
+missing, a few GB at 1M) and measures a fresh copy of it, so every run starts from the same file and the
+1M store is built once. ``--other-writer``: another connection commits a write before each batch, as
+the other threads of a worker do; in WAL mode that drops the measuring connection's page cache (not what
+it reads through the memory map).
 
     .venv/bin/python bench/dedup_cost.py                          # 10k, 100k and 1M (1M: ~10 minutes)
     .venv/bin/python bench/dedup_cost.py 10000 100000
     .venv/bin/python bench/dedup_cost.py 10000 --batches 31     # steadier medians on a busy machine
+    .venv/bin/python bench/dedup_cost.py 1000000 --keep /tmp/dedup --sqlite-mmap 1GB
 """
 
 from __future__ import annotations
@@ -18,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -33,6 +47,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator import store, stories
+from aggregator.config import parse_size
 from aggregator.dedup import content_hash, item_uid
 from aggregator.model import FetchResult, FetchState, Item, Source, Topic
 from aggregator.pipeline import Context, match_items
@@ -98,10 +113,9 @@ def background(
         yield items, keys, terms, members
 
 
-def fill(url: str, db: Path, n: int, rng: random.Random) -> tuple[datetime, list[tuple[str, str]]]:
+def fill(url: str, db: Path, n: int, pool: list[tuple[str, str]]) -> None:
     """N background items written with sqlite3 executemany (indexes dropped during the fill, rebuilt)."""
     params = StoryParams()
-    pool = [document(rng) for _ in range(POOL)]
     analyses = [stories.analyze(t, x, params) for t, x in pool]
     engine = store.make_engine(url)
     with store.make_sessionmaker(engine).begin() as s:
@@ -131,7 +145,33 @@ def fill(url: str, db: Path, n: int, rng: random.Random) -> tuple[datetime, list
         con.execute(sql)
     con.commit()
     con.close()
-    return START + n * (timedelta(days=1) / RATE), pool
+
+
+def build(db: Path, n: int, pool: list[tuple[str, str]]) -> float:
+    """A new store of N background items at ``db``: seconds it took."""
+    started = time.monotonic()
+    url = f"sqlite:///{db}"
+    engine = store.make_engine(url)
+    store.upgrade(engine)
+    engine.dispose()
+    fill(url, db, n, pool)
+    return time.monotonic() - started
+
+
+def prepare(db: Path, n: int, pool: list[tuple[str, str]], keep: Path | None) -> float:
+    """The store to measure at ``db``: built there, or copied from ``keep`` (built there first when
+    missing; the measured run writes to its copy only). Seconds spent building (0: a kept one was used)."""
+    if keep is None:
+        return build(db, n, pool)
+    kept = keep / f"stored-{n}.db"
+    filled = 0.0
+    if not kept.exists():
+        partial = keep / f"stored-{n}.part"
+        partial.unlink(missing_ok=True)
+        filled = build(partial, n, pool)
+        partial.rename(kept)
+    shutil.copyfile(kept, db)
+    return filled
 
 
 def _item(title: str, text: str, key: str = "k", at: datetime = START) -> Item:
@@ -158,24 +198,33 @@ def new_items(
     return items
 
 
-def measure(n: int, batches: int = BATCHES) -> dict[str, float]:
-    """CPU ms per new item (median over the batches) of storing, linking and topic matching."""
+def measure(
+    n: int,
+    batches: int = BATCHES,
+    settings: store.Pool | None = None,
+    keep: Path | None = None,
+    other_writer: bool = False,
+) -> dict[str, float]:
+    """CPU ms per new item (median over the batches) of storing, linking and topic matching, through an
+    engine with ``settings`` (the SQLite page cache and memory map); with ``other_writer``, a second
+    connection commits before each batch."""
     rng = random.Random(n)
-    with tempfile.TemporaryDirectory() as tmp:
+    pool = [document(rng) for _ in range(POOL)]
+    end = START + n * (timedelta(days=1) / RATE)
+    with tempfile.TemporaryDirectory(dir=keep) as tmp:
         db = Path(tmp) / "cost.db"
-        url = f"sqlite:///{db}"
-        engine = store.make_engine(url)
-        store.upgrade(engine)
-        engine.dispose()
-        started = time.monotonic()
-        end, pool = fill(url, db, n, rng)
-        filled = time.monotonic() - started
-        engine = store.make_engine(url)
+        filled = prepare(db, n, pool, keep)
+        engine = store.make_engine(f"sqlite:///{db}", settings or store.Pool())
         sessions: sessionmaker[Session] = store.make_sessionmaker(engine)
         sources = [Source(f"s{i}", f"file:///s{i}") for i in range(SOURCES + 1)]
         ctx = Context.build(sources, TOPICS, sessions, _no_fetch)
         costs: dict[str, list[float]] = {"save": [], "link": [], "match": []}
+        other = sqlite3.connect(db)
+        other.execute("CREATE TABLE bench_writes (batch INTEGER)")
         for b in range(batches):
+            if other_writer:
+                other.execute("INSERT INTO bench_writes VALUES (?)", (b,))
+                other.commit()
             items = new_items(rng, pool, n, end + timedelta(minutes=b), b)
             with sessions.begin() as s:
                 clock = time.process_time()
@@ -187,11 +236,17 @@ def measure(n: int, batches: int = BATCHES) -> dict[str, float]:
                 clock = time.process_time()
                 match_items(ctx, s, saved.new, saved.updated, end)
                 costs["match"].append(time.process_time() - clock)
-        with sessions() as s:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; before the count,
+        with sessions() as s:  # which reads the whole items table (through the memory map, if any)
             merged = s.scalar(select(func.count()).select_from(ItemRow).where(ItemRow.story_id != ItemRow.id))
         engine.dispose()
+        other.close()
     result = {name: statistics.median(values[1:]) / BATCH * 1000 for name, values in costs.items()}
-    return result | {"merged": float(merged or 0), "fill": filled}
+    return result | {"merged": float(merged or 0), "fill": filled, "rss": peak}
+
+
+def _mmap_size(value: str) -> int:
+    return 0 if value.strip() == "0" else parse_size(value)
 
 
 def main(argv: list[str]) -> int:
@@ -200,19 +255,33 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--batches", type=int, default=BATCHES, help=f"batches of {BATCH} new items (default: %(default)s)"
     )
+    p.add_argument(
+        "--sqlite-cache", type=parse_size, default=store.Pool.sqlite_cache, metavar="SIZE",
+        help="SQLite page cache of the measuring connection (default: 1MiB)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sqlite-mmap", type=_mmap_size, default=0, metavar="SIZE",
+        help="bytes of the store the measuring connection memory-maps (default: 0, off)",
+    )  # fmt: skip
+    p.add_argument("--keep", type=Path, metavar="DIR", help="keep built stores in DIR and measure copies")
+    p.add_argument("--other-writer", action="store_true", help="another connection commits before each batch")
     args = p.parse_args(argv)
     sizes = args.sizes or [10_000, 100_000, 1_000_000]
+    settings = store.Pool(sqlite_cache=args.sqlite_cache, sqlite_mmap=args.sqlite_mmap)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
     print(
-        f"CPU ms per new item, median of {args.batches - 1} batches of {BATCH} (the first one warms caches)"
+        f"CPU ms per new item, median of {args.batches - 1} batches of {BATCH} (the first one warms caches); "
+        f"SQLite cache {args.sqlite_cache:,} bytes, mmap {args.sqlite_mmap:,} bytes"
     )
-    columns = ("save_items", "link_items", "match_items", "merged", "fill s")
+    columns = ("save_items", "link_items", "match_items", "merged", "fill s", "peak RSS MB")
     print(f"{'stored items':>12} | " + " | ".join(columns))
     rows = []
     for n in sizes:
-        r = measure(n, args.batches)
+        r = measure(n, args.batches, settings, args.keep, args.other_writer)
         rows.append({"stored": n, **r})
         print(f"{n:>12,} | {r['save']:>10.3f} | {r['link']:>10.3f} | {r['match']:>11.3f} | "
-              f"{int(r['merged']):>6} | {r['fill']:.0f}", flush=True)  # fmt: skip
+              f"{int(r['merged']):>6} | {r['fill']:>6.0f} | {r['rss']:>11.0f}", flush=True)  # fmt: skip
     print(json.dumps(rows))
     return 0
 
