@@ -70,6 +70,10 @@ class StoryParams:
     story_jaccard: float = 0.1  # and at least this Jaccard of their title + lead terms
     window_hours: int = 72  # only items published this close together can share a story
     article_window_days: int = 30  # near-duplicate candidates are looked for this far back
+    # fingerprints are kept for the items first seen this recently (store.prune_fingerprints): an item
+    # published up to index_days - article_window_days (30) days before it is stored still finds every
+    # candidate, and the index, the largest cost of a new item, holds a window of the store, not all of it
+    index_days: int = 60
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from aggregator.pipeline import Context, flush_unchanged, poll_source
 from aggregator.schedule import CLAIM_LEASE
 
 log = logging.getLogger(__name__)
-PRUNE_EVERY = timedelta(hours=6)  # how often a worker applies retention.days
+PRUNE_EVERY = timedelta(hours=6)  # how often a worker applies retention.days and the fingerprint window
 
 
 class Worker:
@@ -45,6 +45,7 @@ class Worker:
     ) -> None:
         self.ctx = ctx
         self.retention, self.prune_every = retention, prune_every
+        self._pruned_to = 0  # the fingerprints of the items up to this id are pruned already
         self.tick = tick
         self.clock = clock
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="poll")
@@ -73,27 +74,28 @@ class Worker:
             max_instances=1,
             coalesce=True,
         )
-        if self.retention is not None:  # the first prune a minute after the start, then every prune_every
-            self.scheduler.add_job(
-                self.prune,
-                "interval",
-                seconds=self.prune_every.total_seconds(),
-                next_run_time=self.clock() + timedelta(minutes=1),
-                id="prune",
-                max_instances=1,
-                coalesce=True,
-            )
+        self.scheduler.add_job(  # the first prune a minute after the start, then every prune_every
+            self.prune,
+            "interval",
+            seconds=self.prune_every.total_seconds(),
+            next_run_time=self.clock() + timedelta(minutes=1),
+            id="prune",
+            max_instances=1,
+            coalesce=True,
+        )
         self.scheduler.start()
         log.info("worker started: %d sources, checking every %.0f s", len(self.ctx.sources), self.tick)
 
     def prune(self) -> int:
-        """Delete the items older than ``retention`` (what ``python run.py prune`` does); each leaves a
-        tombstone, and tombstones no poll has seen for as long expire. Several workers may prune at once:
-        the second finds nothing left. Returns the number of items deleted (0 when the database cannot be
-        reached: the next run tries again)."""
+        """Drop the fingerprints of the items that left the window new items are matched against
+        (``prune_fingerprints``), then, with ``retention``, delete the items older than it (what ``python
+        run.py prune`` does); each leaves a tombstone, and tombstones no poll has seen for as long
+        expire. Several workers may prune at once: the second finds nothing left. Returns the number of
+        items deleted (0 when the database cannot be reached: the next run tries again)."""
+        now = self.clock()
+        self.prune_fingerprints(now)
         if self.retention is None:
             return 0
-        now = self.clock()
         try:
             with self.ctx.sessions.begin() as s:
                 result = store.prune_items(s, now - self.retention, now)
@@ -108,6 +110,17 @@ class Worker:
                 result.expired,
             )
         return result.items
+
+    def prune_fingerprints(self, now: datetime) -> None:
+        """``store.prune_fingerprints``: from the first item on the first run, then from where the last
+        run ended."""
+        before = now - timedelta(days=self.ctx.stories.index_days)
+        try:
+            self._pruned_to = store.prune_fingerprints(self.ctx.sessions, before, after=self._pruned_to)
+        except Exception as e:
+            log.warning(
+                "worker: could not drop old fingerprints (%s); trying again later", store.db_problem(e)
+            )
 
     def dispatch(self) -> list[str]:
         """Claim what is due and hand it to the pool: up to ``backlog`` sources (twice as many as

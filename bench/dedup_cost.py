@@ -6,7 +6,10 @@ stores batches of 100 new items through the real ``save_items`` + ``link_items``
 of recent stored items, so candidates are found, verified and merged) and ``pipeline.match_items`` (10
 topics), and reports CPU ms per new item (process time, median of the batches). Flat columns from 10k to
 1M mean indexed lookups only (below ~60k items the 30-day near-duplicate window is not full yet, so 10k
-costs less). CPU time, not wall time: the machine is shared. "peak RSS" is the process's ru_maxrss after
+costs less). The stores hold what a worker leaves: fingerprints only for the items of the last
+StoryParams.index_days (60) days, 120,000 items (``--no-window``: for every item, as before a worker
+prunes: then the index outgrows SQLite's page cache and each lookup reads leaf pages from the OS).
+CPU time, not wall time: the machine is shared. "peak RSS" is the process's ru_maxrss after
 the size's batches (file pages read through a memory map count, as they do in a worker); it includes
 building the store when this process built it, so compare it between runs that reuse a kept store
 (``--keep``), one configuration per process.
@@ -83,11 +86,14 @@ def stamp(when: datetime) -> str:
 
 
 def background(
-    n: int, pool: list[tuple[str, str]], analyses: list[Analysis]
+    n: int, pool: list[tuple[str, str]], analyses: list[Analysis], window: bool
 ) -> Iterator[tuple[list[tuple[Any, ...]], ...]]:
     """Rows of items, fingerprints, story terms and topic memberships, in chunks of 20,000 items. A pool
-    document comes back every POOL items from another source (syndicated copies across the store)."""
+    document comes back every POOL items from another source (syndicated copies across the store). With
+    ``window``, fingerprints only for the items first seen within StoryParams.index_days of the last
+    one: what a worker's prune (store.prune_fingerprints) leaves."""
     step = timedelta(days=1) / RATE
+    indexed_from = n - StoryParams().index_days * RATE if window else 0
     matchers = [TopicMatcher(topic) for topic in TOPICS]
     hits = [[m.topic.name for m in matchers if m.matches(_item(t, x), ())] for t, x in pool]
     for start in range(0, n, 20_000):
@@ -107,13 +113,14 @@ def background(
             pairs += [
                 (kind, k) for kind, k in (("text", fp.text_key), ("title", fp.title_key)) if k is not None
             ]
-            keys.extend((item_id, kind, k, when) for kind, k in pairs)
+            if i >= indexed_from:
+                keys.extend((item_id, kind, k, when) for kind, k in pairs)
             terms.append((item_id, analyses[doc].terms.encode()))
             members.extend((name, item_id, when) for name in hits[doc])
         yield items, keys, terms, members
 
 
-def fill(url: str, db: Path, n: int, pool: list[tuple[str, str]]) -> None:
+def fill(url: str, db: Path, n: int, pool: list[tuple[str, str]], window: bool) -> None:
     """N background items written with sqlite3 executemany (indexes dropped during the fill, rebuilt)."""
     params = StoryParams()
     analyses = [stories.analyze(t, x, params) for t, x in pool]
@@ -130,7 +137,7 @@ def fill(url: str, db: Path, n: int, pool: list[tuple[str, str]]) -> None:
     ).fetchall()
     for name, _ in indexes:
         con.execute(f"DROP INDEX {name}")
-    for items, keys, terms, members in background(n, pool, analyses):
+    for items, keys, terms, members in background(n, pool, analyses, window):
         con.executemany(
             "INSERT INTO items (id, uid, source_id, key, title, html, text, published, dated, authors, "
             "categories, enclosures, content_hash, story_id, first_seen, changed_at, update_count, flags) "
@@ -147,28 +154,28 @@ def fill(url: str, db: Path, n: int, pool: list[tuple[str, str]]) -> None:
     con.close()
 
 
-def build(db: Path, n: int, pool: list[tuple[str, str]]) -> float:
+def build(db: Path, n: int, pool: list[tuple[str, str]], window: bool) -> float:
     """A new store of N background items at ``db``: seconds it took."""
     started = time.monotonic()
     url = f"sqlite:///{db}"
     engine = store.make_engine(url)
     store.upgrade(engine)
     engine.dispose()
-    fill(url, db, n, pool)
+    fill(url, db, n, pool, window)
     return time.monotonic() - started
 
 
-def prepare(db: Path, n: int, pool: list[tuple[str, str]], keep: Path | None) -> float:
+def prepare(db: Path, n: int, pool: list[tuple[str, str]], keep: Path | None, window: bool) -> float:
     """The store to measure at ``db``: built there, or copied from ``keep`` (built there first when
     missing; the measured run writes to its copy only). Seconds spent building (0: a kept one was used)."""
     if keep is None:
-        return build(db, n, pool)
-    kept = keep / f"stored-{n}.db"
+        return build(db, n, pool, window)
+    kept = keep / f"stored-{n}{'' if window else '-all'}.db"
     filled = 0.0
     if not kept.exists():
         partial = keep / f"stored-{n}.part"
         partial.unlink(missing_ok=True)
-        filled = build(partial, n, pool)
+        filled = build(partial, n, pool, window)
         partial.rename(kept)
     shutil.copyfile(kept, db)
     return filled
@@ -204,6 +211,7 @@ def measure(
     settings: store.Pool | None = None,
     keep: Path | None = None,
     other_writer: bool = False,
+    window: bool = True,
 ) -> dict[str, float]:
     """CPU ms per new item (median over the batches) of storing, linking and topic matching, through an
     engine with ``settings`` (the SQLite page cache and memory map); with ``other_writer``, a second
@@ -213,7 +221,7 @@ def measure(
     end = START + n * (timedelta(days=1) / RATE)
     with tempfile.TemporaryDirectory(dir=keep) as tmp:
         db = Path(tmp) / "cost.db"
-        filled = prepare(db, n, pool, keep)
+        filled = prepare(db, n, pool, keep, window)
         engine = store.make_engine(f"sqlite:///{db}", settings or store.Pool())
         sessions: sessionmaker[Session] = store.make_sessionmaker(engine)
         sources = [Source(f"s{i}", f"file:///s{i}") for i in range(SOURCES + 1)]
@@ -265,6 +273,11 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep built stores in DIR and measure copies")
     p.add_argument("--other-writer", action="store_true", help="another connection commits before each batch")
+    p.add_argument(
+        "--no-window",
+        action="store_true",
+        help="fingerprints for every stored item (no worker pruned the store: StoryParams.index_days)",
+    )
     args = p.parse_args(argv)
     sizes = args.sizes or [10_000, 100_000, 1_000_000]
     settings = store.Pool(sqlite_cache=args.sqlite_cache, sqlite_mmap=args.sqlite_mmap)
@@ -278,7 +291,7 @@ def main(argv: list[str]) -> int:
     print(f"{'stored items':>12} | " + " | ".join(columns))
     rows = []
     for n in sizes:
-        r = measure(n, args.batches, settings, args.keep, args.other_writer)
+        r = measure(n, args.batches, settings, args.keep, args.other_writer, not args.no_window)
         rows.append({"stored": n, **r})
         print(f"{n:>12,} | {r['save']:>10.3f} | {r['link']:>10.3f} | {r['match']:>11.3f} | "
               f"{int(r['merged']):>6} | {r['fill']:>6.0f} | {r['rss']:>11.0f}", flush=True)  # fmt: skip

@@ -335,11 +335,17 @@ def test_an_updated_item_is_reindexed(news: sessionmaker[Session]) -> None:
         row = s.scalars(select(ItemRow).where(ItemRow.text != "").limit(1)).one()
         stored = next(store.stored_items(s, [row.id]))
     changed = dataclasses.replace(stored.item, title=stored.item.title + " (updated)")
-    with news.begin() as s:
-        store.link_items(s, [], [(row.id, changed)], datetime.now(UTC))
-    with news() as s:
-        keys = set(s.scalars(select(FingerprintRow.key).where(FingerprintRow.item_id == row.id)))
+
+    def keys_after_update(now: datetime) -> set[int]:
+        with news.begin() as s:
+            store.link_items(s, [], [(row.id, changed)], now)
+        with news() as s:
+            return set(s.scalars(select(FingerprintRow.key).where(FingerprintRow.item_id == row.id)))
+
+    keys = keys_after_update(changed.published + timedelta(hours=1))
     assert set(stories.fingerprint(changed.title, changed.text, StoryParams()).story_keys) <= keys
+    # updated 61 days after it was published: out of the window new items are matched against (index_days)
+    assert keys_after_update(changed.published + timedelta(days=61)) == set()
 
 
 def test_link_items_skips_an_id_that_is_not_stored(sessions: sessionmaker[Session]) -> None:

@@ -19,7 +19,7 @@ from aggregator.fetch import HostLimits, fetch
 from aggregator.model import Source
 from aggregator.pipeline import Context, UnchangedPolls
 from aggregator.schedule import CLAIM_LEASE
-from aggregator.store.tables import SourceRow
+from aggregator.store.tables import FingerprintRow, SourceRow
 from aggregator.worker import Worker
 
 NOW = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
@@ -190,4 +190,57 @@ def test_the_worker_applies_retention_days_on_a_schedule(sessions: sessionmaker[
     with sessions() as s:
         assert [stored.item.key for stored in store.stored_items(s)] == ["recent"]
         assert store.prune_items(s, NOW, NOW, dry_run=True).tombstones == 1
-    assert Worker(ctx, clock=lambda: NOW).prune() == 0  # no retention: nothing scheduled, nothing deleted
+    assert Worker(ctx, clock=lambda: NOW).prune() == 0  # no retention: no item deleted
+
+
+def test_the_worker_keeps_fingerprints_for_the_window_new_items_are_matched_against(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The fingerprint rows of items first seen before StoryParams.index_days (60) are dropped on the
+    first prune, those that age out later on the next ones; a new item still joins a recent item's
+    article through them, and the items and their decisions stay."""
+    from aggregator.model import Item
+
+    text = " ".join(f"word{i}" for i in range(80))  # long enough for near-duplicate and exact-text keys
+    sources = [
+        Source("a", "http://127.0.0.1:9/a", enabled=False),
+        Source("b", "http://127.0.0.1:9/b", enabled=False),
+    ]
+    ctx = Context.build(sources, [], sessions, functools.partial(fetch, requests.Session()))
+
+    def item(source: str, key: str, days: int) -> Item:
+        when = NOW - timedelta(days=days)
+        return Item(source, key, f"uid-{source}-{key}", f"Title {key}", f"<p>{text}</p>", text, when,
+                    content_hash=key)  # fmt: skip
+
+    def rows() -> dict[str, int]:
+        with sessions() as s:
+            query = select(FingerprintRow.item_id, FingerprintRow.id)
+            keys = {i: k for i, k in s.execute(select(store.tables.ItemRow.id, store.tables.ItemRow.key))}
+            found: dict[str, int] = {}
+            for item_id, _ in s.execute(query):
+                found[keys[item_id]] = found.get(keys[item_id], 0) + 1
+            return found
+
+    with sessions.begin() as s:
+        store.sync_sources(s, sources, NOW - timedelta(days=200))
+    for key, days in (("ancient", 100), ("old", 61), ("recent", 10)):
+        with sessions.begin() as s:  # each stored and linked when it was published
+            saved = store.save_items(s, "a", [item("a", key, days)], NOW - timedelta(days=days))
+            store.link_items(s, saved.new, [], NOW - timedelta(days=days), ctx.stories)
+    assert set(rows()) == {"ancient", "old", "recent"}
+    worker = Worker(ctx, clock=lambda: NOW)
+    worker.prune()
+    assert set(rows()) == {"recent"}
+    with sessions.begin() as s:  # the same text from another source: the same article, found by its keys
+        saved = store.save_items(s, "b", [item("b", "copy", 0)], NOW)
+        store.link_items(s, saved.new, [], NOW, ctx.stories)
+        articles = dict(s.execute(select(store.tables.ItemRow.key, store.tables.ItemRow.article_id)).all())
+    assert articles["copy"] == articles["recent"] != articles["old"]
+    later = NOW + timedelta(days=55)  # "recent" is 65 days old now, "copy" 55
+    assert worker._pruned_to > 0
+    worker.clock = lambda: later
+    worker.prune()
+    assert set(rows()) == {"copy"}
+    with sessions() as s:
+        assert len(list(store.stored_items(s))) == 4  # the items stay

@@ -63,6 +63,7 @@ from aggregator.store.stories import (
     explain_item,
     link_items,
     merges_of,
+    prune_fingerprints,
     relink_stories,
 )
 
@@ -100,6 +101,7 @@ __all__ = [
     "new_owner",
     "poll_history",
     "poll_inputs",
+    "prune_fingerprints",
     "prune_items",
     "queue_depth",
     "raw_hashes",

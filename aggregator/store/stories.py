@@ -34,7 +34,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 from sqlalchemy.sql.expression import Executable
 
 from aggregator import stories
@@ -206,7 +206,11 @@ def link_items(
     for source_id, batch in by_source.items():
         _Poll(c, source_id, batch, params, now, merges).link()
     fresh = [(n.row.id, n.item.published, n.analysis) for batch in by_source.values() for n in batch]
-    _index(c, changed + fresh)
+    _index(
+        c,
+        changed + fresh,
+        _out_of_window(c, [i for i, _, _ in changed], now - timedelta(days=params.index_days)),
+    )
     if merges:
         c.execute(insert(_table(MergeRow)), merges)
 
@@ -244,20 +248,33 @@ def _insert_plain(c: Connection, table: Table, columns: Sequence[str], rows: lis
     c.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", rows)
 
 
-def _index(c: Connection, items: Sequence[tuple[int, datetime, Analysis]]) -> None:
-    """Store the fingerprint keys and story terms of freshly linked (or changed) items. The rows go in
+def _out_of_window(c: Connection, ids: list[int], oldest: datetime) -> set[int]:
+    """Those of the (updated) items ``ids`` first seen before ``oldest``: out of the fingerprint window
+    (``prune_fingerprints``, which has passed them already)."""
+    found: set[int] = set()
+    for chunk in _chunks(ids):
+        query = select(ItemRow.id).where(_in_ids(ItemRow.id, c.dialect.name), ItemRow.first_seen < oldest)
+        found.update(c.scalars(query, {"ids": _ids(c, chunk)}))
+    return found
+
+
+def _index(c: Connection, items: Sequence[tuple[int, datetime, Analysis]], unindexed: set[int]) -> None:
+    """Store the fingerprint keys and story terms of freshly linked (or changed) items; no keys for the
+    ``unindexed`` ones (out of the fingerprint window). The rows go in
     in key order: the keys are hashes, and inserted at random places of the (key, ...) index each row
     would touch a page of its own; in order, neighbours share pages (a quarter less CPU per row)."""
     keys: list[tuple[Any, ...]] = []
     terms = []
     when = _processor(c, FingerprintRow.published)
     for item_id, published, analysis in items:
+        terms.append({"item_id": item_id, "terms": analysis.terms.encode()})
+        if item_id in unindexed:
+            continue
         fp = analysis.fingerprint
         pairs = [("near", k) for k in fp.near_keys] + [("story", k) for k in fp.story_keys]
         pairs += [(kind, k) for kind, k in (("text", fp.text_key), ("title", fp.title_key)) if k is not None]
         stored = when(published)  # the one conversion of this item's rows
         keys += [(item_id, kind, k, stored) for kind, k in pairs]
-        terms.append({"item_id": item_id, "terms": analysis.terms.encode()})
     if keys:
         keys.sort(key=itemgetter(2))
         _insert_plain(c, _table(FingerprintRow), ("item_id", "kind", "key", "published"), keys)
@@ -622,6 +639,25 @@ class _Articles:
             rows = self.c.execute(_sql(self.c.dialect.name).first, {"ids": _ids(self.c, chunk)})
             found = {article_id: first for article_id, first in rows}
             self.first.update((i, found.get(i)) for i in chunk)
+
+
+def prune_fingerprints(sessions: sessionmaker[Session], before: datetime, *, after: int = 0) -> int:
+    """Delete the fingerprint rows of the items first seen before ``before`` with ids above ``after``,
+    CHUNK items per transaction so that polls go on in between; returns the highest id done (``after``
+    when none), where the next prune can start: ids grow with the time an item was first seen. No new
+    item can find these rows unless it was published more than ``index_days - article_window_days`` days
+    before it was stored (``StoryParams.index_days``), so the index that the hot path reads and writes
+    keeps a window of the store however large the store grows. The items' decisions stay (articles,
+    stories, merges, story terms)."""
+    while True:
+        with sessions.begin() as s:
+            c = s.connection()
+            old = select(ItemRow.id).where(ItemRow.id > after, ItemRow.first_seen < before)
+            ids = list(c.scalars(old.order_by(ItemRow.id).limit(CHUNK)))  # a range of the primary key
+            if not ids:
+                return after
+            c.execute(_sql(c.dialect.name).unindex[0], {"ids": _ids(c, ids)})
+        after = ids[-1]
 
 
 def relink_stories(s: Session, params: StoryParams, now: datetime) -> int:
