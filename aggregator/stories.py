@@ -58,7 +58,7 @@ class StoryParams:
     shingle: int = 3  # words per shingle for the near-duplicate MinHash
     near_threshold: float = 0.8  # word-shingle Jaccard at or above which two texts are one article
     # LSH: 12 bands of 5 rows (60 permutations) make two texts of Jaccard 0.8 candidates with probability
-    # 0.991 (0.9: 0.99999); 20 bands of 6 rows (0.998) stored 8 more index rows per item, the largest cost
+    # 0.991 (0.9: 0.99998); 20 bands of 6 rows (0.998) stored 8 more index rows per item, the largest cost
     # of a new item, for the same merges on the real corpus (migration 0009)
     near_bands: int = 12
     near_rows: int = 5

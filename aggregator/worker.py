@@ -45,7 +45,6 @@ class Worker:
     ) -> None:
         self.ctx = ctx
         self.retention, self.prune_every = retention, prune_every
-        self._pruned_to = 0  # the fingerprints of the items up to this id are pruned already
         self.tick = tick
         self.clock = clock
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="poll")
@@ -112,15 +111,20 @@ class Worker:
         return result.items
 
     def prune_fingerprints(self, now: datetime) -> None:
-        """``store.prune_fingerprints``: from the first item on the first run, then from where the last
-        run ended."""
+        """``store.prune_fingerprints``, each chunk in the write stage (polls write in between), until
+        done or the worker stops."""
         before = now - timedelta(days=self.ctx.stories.index_days)
         try:
-            self._pruned_to = store.prune_fingerprints(self.ctx.sessions, before, after=self._pruned_to)
+            pruned = store.prune_fingerprints(
+                self.ctx.sessions, before, guard=self.ctx.stages.write, stop=self._stopping.is_set
+            )
         except Exception as e:
             log.warning(
                 "worker: could not drop old fingerprints (%s); trying again later", store.db_problem(e)
             )
+            return
+        if pruned:
+            log.info("worker: dropped the fingerprints of %d items first seen before %s", pruned, before)
 
     def dispatch(self) -> list[str]:
         """Claim what is due and hand it to the pool: up to ``backlog`` sources (twice as many as

@@ -419,6 +419,8 @@ def main() -> int:
     p.add_argument("--port-list", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.passes < 1:
+        p.error("--passes: 1 or more")
     if args.child:
         return child(args)
     keys = args.phases.split(",")

@@ -236,3 +236,21 @@ def test_migration_0003_adds_flags_and_tombstones_to_a_filled_database(tmp_path:
     assert "tombstones" not in inspector.get_table_names()
     assert "flags" not in {c["name"] for c in inspector.get_columns("items")}
     engine.dispose()
+
+
+def test_prune_drops_the_fingerprints_of_items_out_of_the_matching_window(site: Path) -> None:
+    """Items first seen more than StoryParams.index_days (60) ago keep their place in the store but lose
+    their fingerprint rows (no new item can be matched against them); a dry run keeps them."""
+    assert run(site, "fetch", "--all") == 0
+    fingerprints = rows(site, "SELECT count(*) FROM fingerprints")
+    assert fingerprints > 100
+    assert run(site, "prune", "--days", "365") == 0
+    assert rows(site, "SELECT count(*) FROM fingerprints") == fingerprints  # first seen today
+    seen = (datetime.now(UTC) - timedelta(days=100)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with sqlite3.connect(site / "store.db") as db:
+        db.execute("UPDATE items SET first_seen = ?", (seen,))
+    assert run(site, "prune", "--days", "365", "--dry-run") == 0
+    assert rows(site, "SELECT count(*) FROM fingerprints") == fingerprints
+    assert run(site, "prune", "--days", "365") == 0
+    assert rows(site, "SELECT count(*) FROM fingerprints") == 0
+    assert rows(site, "SELECT count(*) FROM items") == 53  # seen 100 days ago: within the retention

@@ -296,6 +296,49 @@ def test_replaying_rule_3_with_the_same_thresholds_gives_the_same_stories(
     with news() as s:
         after = {i: story for i, story in s.execute(select(ItemRow.id, ItemRow.story_id))}
     assert before == after
+    assert len(set(before.values())) < len(before)  # stories of several items: a replay has work to do
+
+
+@needs_corpus
+def test_replaying_rule_3_keeps_the_stories_of_items_out_of_the_fingerprint_window(tmp_path: Path) -> None:
+    """After a prune dropped the fingerprints of the older half, a replay with a threshold no title pair
+    meets leaves their stories (and story merges) alone and splits only the newer half's."""
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'news.db'}")
+    store.upgrade(engine)
+    news = store.make_sessionmaker(engine)
+    ingest(news, [(NEWS, CAPTURED)], StoryParams())
+    try:
+        _replay_after_a_prune(news)
+    finally:
+        engine.dispose()
+
+
+def _replay_after_a_prune(news: sessionmaker[Session]) -> None:
+    with news() as s:
+        before = dict(s.execute(select(ItemRow.id, ItemRow.story_id)).all())
+        ids = sorted(before)
+        middle = ids[len(ids) // 2]
+        first_seen = s.scalar(select(ItemRow.first_seen).where(ItemRow.id == middle))
+        merges = s.scalar(select(func.count()).select_from(MergeRow).where(MergeRow.level == "story"))
+    assert first_seen is not None
+    with news.begin() as s:  # the items before the middle one go out of the window
+        s.execute(
+            update(ItemRow).where(ItemRow.id < middle).values(first_seen=first_seen - timedelta(days=1))
+        )
+    store.prune_fingerprints(news, first_seen)
+    strict = replace(StoryParams(), story_threshold=1.1)  # no candidate passes: every story of one item
+    with news.begin() as s:
+        store.relink_stories(s, strict, datetime.now(UTC))
+    with news() as s:
+        after = dict(s.execute(select(ItemRow.id, ItemRow.story_id)).all())
+        kept = s.scalar(
+            select(func.count())
+            .select_from(MergeRow)
+            .where(MergeRow.level == "story", MergeRow.item_id < middle)
+        )
+    assert {i: after[i] for i in ids if i < middle} == {i: before[i] for i in ids if i < middle}
+    assert 0 < kept < merges  # the older items' story merges stay, the newer ones' are replayed
+    assert any(after[i] != before[i] for i in ids if i >= middle)
 
 
 @needs_corpus

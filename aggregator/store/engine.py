@@ -28,20 +28,22 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT = 10  # seconds: PostgreSQL connection attempts (a host that does not answer) give up
-# SQLite's memory is per connection, and a pool holds several: each keeps a page cache (SQLite's default
-# 2 MiB) and its prepared statements (Python's default: 128; a 35-row INSERT of 15 columns is ~56 KB, and
+# SQLite's memory is per connection, and a pool holds several: each keeps a page cache (SQLite's default 2
+# MiB) and its prepared statements (Python's default: 128; a 35-row INSERT of 15 columns is ~56 KB, and
 # every row count is a statement of its own): at 20 connections, 25-40 MB of a worker. In WAL mode a
-# connection's page cache is dropped whenever another connection has written since its last transaction,
-# so a large one buys less in a busy worker than in one connection; the operating system caches the file
-# anyway. ``database_pool.sqlite_cache`` raises it for large stores. Measured (bench/dedup_cost.py
-# --batches 31, link_items CPU per new item at 1M stored items: a 7.3 GB file whose fingerprint index has
-# 37 MB of inner pages and 2.5 GB of leaves): 1.10 ms with 1 MiB, 0.78 with 64 MB (+67 MB peak RSS, the
-# 100k figure of 1 MiB), 0.83 with 256 MB (+278 MB): once the inner pages fit, every probe of a leaf misses
-# anyway. With another connection committing before each batch of 100 (--other-writer), 64 MB still gave
-# 0.88: a transaction's own probes share the inner pages. A memory map (``sqlite_mmap``) reads without the
-# copy and is not dropped by other writers, but maps only the file's first bytes and SQLite caps it at
-# 2 GiB (SQLITE_MAX_MMAP_SIZE of the usual builds): at 1M (the indexes lie beyond 3.8 GB) it saves nothing,
-# at 100k (a 0.7 GB file, all mapped) 0.75 -> 0.70 ms, and the mapped pages count in RSS (+367 MB there).
+# connection's page cache is dropped whenever another connection has written since its last transaction, so
+# a large one buys less in a busy worker than in one connection; the operating system caches the file
+# anyway. ``database_pool.sqlite_cache`` raises it for large stores. Measured before the fingerprint window
+# (store.prune_fingerprints; bench/dedup_cost.py --no-window --batches 31, link_items CPU per new item at 1M
+# stored items: a 7.3 GB file whose fingerprint index has 37 MB of inner pages and 2.5 GB of leaves; with
+# the window, 0.94-0.98 ms with 1 MiB and 0.73-0.74 with 64 MB): 1.10 ms with 1 MiB, 0.78 with 64 MB (+67 MB
+# peak RSS, the 100k figure of 1 MiB), 0.83 with 256 MB (+278 MB): once the inner pages fit, every probe of
+# a leaf misses anyway. With another connection committing before each batch of 100 (--other-writer), 64 MB
+# still gave 0.88: a transaction's own probes share the inner pages. A memory map (``sqlite_mmap``) reads
+# without the copy and is not dropped by other writers, but maps only the file's first bytes and SQLite caps
+# it at 2 GiB (SQLITE_MAX_MMAP_SIZE of the usual builds): at 1M (the indexes lie beyond 3.8 GB) it saves
+# nothing, at 100k (a 0.7 GB file, all mapped) 0.75 -> 0.70 ms, and the mapped pages count in RSS (+367 MB
+# there).
 SQLITE_CACHE_KIB = 1024
 SQLITE_STATEMENTS = 32
 # WAL pages after which a commit checkpoints (SQLite's default: 1000, 4 MB). Every checkpoint copies the

@@ -12,6 +12,7 @@ import itertools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -53,6 +54,7 @@ from aggregator.stories import Analysis, StoryParams, Terms
 MAX_CANDIDATES = 200  # per item and rule: bounds the work per new item however popular a band key is
 LINK_LOCK = 0x6167675F6C696E6B  # PostgreSQL advisory lock key of story and article linking ("agg_link")
 CHUNK = 1000  # values per IN list (SQLite allows 32,766 bound parameters per statement)
+PRUNE_CHUNK = 250  # items whose fingerprints one prune transaction deletes (~40 rows each)
 
 # The statements of a poll's linking, built once per dialect (Core, the id lists bound as one value): run
 # on the Session's connection, they cost no statement construction, ORM loading or per-value processing.
@@ -641,29 +643,47 @@ class _Articles:
             self.first.update((i, found.get(i)) for i in chunk)
 
 
-def prune_fingerprints(sessions: sessionmaker[Session], before: datetime, *, after: int = 0) -> int:
-    """Delete the fingerprint rows of the items first seen before ``before`` with ids above ``after``,
-    CHUNK items per transaction so that polls go on in between; returns the highest id done (``after``
-    when none), where the next prune can start: ids grow with the time an item was first seen. No new
-    item can find these rows unless it was published more than ``index_days - article_window_days`` days
-    before it was stored (``StoryParams.index_days``), so the index that the hot path reads and writes
-    keeps a window of the store however large the store grows. The items' decisions stay (articles,
-    stories, merges, story terms)."""
-    while True:
-        with sessions.begin() as s:
+def prune_fingerprints(
+    sessions: sessionmaker[Session],
+    before: datetime,
+    *,
+    guard: AbstractContextManager[Any] | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Delete the fingerprint rows of the items first seen before ``before``, PRUNE_CHUNK items per
+    transaction (each inside ``guard``: a worker's write stage, so that polls go on in between), until
+    ``stop()``; returns how many items lost theirs. Each chunk starts at the lowest item id that still
+    has rows (one index lookup) and walks the items up in id order to the first one seen since
+    ``before``: an item stored out of order (ids follow inserts, first_seen the poll's start) waits for
+    the next prune, none is skipped for good. No new item can find these rows unless it was published
+    more than ``index_days - article_window_days`` days before it was stored (``StoryParams.index_days``),
+    so the index that the hot path reads and writes keeps a window of the store however large the store
+    grows. The items and their decisions stay (articles, stories, merges, story terms)."""
+    pruned = 0
+    while not stop():
+        with guard or nullcontext(), sessions.begin() as s:
             c = s.connection()
-            old = select(ItemRow.id).where(ItemRow.id > after, ItemRow.first_seen < before)
-            ids = list(c.scalars(old.order_by(ItemRow.id).limit(CHUNK)))  # a range of the primary key
-            if not ids:
-                return after
-            c.execute(_sql(c.dialect.name).unindex[0], {"ids": _ids(c, ids)})
-        after = ids[-1]
+            first = c.scalar(select(func.min(FingerprintRow.item_id)))
+            if first is None:
+                return pruned
+            walk = select(ItemRow.id, ItemRow.first_seen).where(ItemRow.id >= first).order_by(ItemRow.id)
+            rows = c.execute(walk.limit(PRUNE_CHUNK)).all()
+            old = [item_id for item_id, _ in itertools.takewhile(lambda row: row[1] < before, rows)]
+            if old:
+                c.execute(_sql(c.dialect.name).unindex[0], {"ids": _ids(c, old)})
+            pruned += len(old)
+        if len(old) < PRUNE_CHUNK:
+            return pruned
+    return pruned
 
 
 def relink_stories(s: Session, params: StoryParams, now: datetime) -> int:
-    """Replay rule 3 over every stored item in storage order with new thresholds (articles are kept);
-    returns the number of stories. For threshold sweeps and after a change of the story settings."""
-    s.execute(delete(MergeRow).where(MergeRow.level == "story"))
+    """Replay rule 3 with new thresholds (articles are kept) over the stored items in storage order from
+    the first one that still has fingerprints (``prune_fingerprints`` dropped those of the older ones,
+    whose stories stay as they are); returns the number of stories replayed. For threshold sweeps and
+    after a change of the story settings."""
+    first = s.scalar(select(func.min(FingerprintRow.item_id))) or 0
+    s.execute(delete(MergeRow).where(MergeRow.level == "story", MergeRow.item_id >= first))
     query = select(MergeRow.item_id, MergeRow.other_id).where(MergeRow.level == "article")
     article_of = {item_id: other_id for item_id, other_id in s.execute(query)}
     keys: dict[int, list[int]] = defaultdict(list)
@@ -671,13 +691,24 @@ def relink_stories(s: Session, params: StoryParams, now: datetime) -> int:
         select(FingerprintRow.item_id, FingerprintRow.key).where(FingerprintRow.kind == "story")
     ):
         keys[item_id].append(key)
-    items = list(s.execute(select(ItemRow.id, ItemRow.source_id, ItemRow.published).order_by(ItemRow.id)))
+    items = list(
+        s.execute(
+            select(ItemRow.id, ItemRow.source_id, ItemRow.published)
+            .where(ItemRow.id >= first)
+            .order_by(ItemRow.id)
+        )
+    )
     terms = _terms(s.connection(), {i for i, _, _ in items}, params)
     window = timedelta(hours=params.window_hours)
     seen: dict[int, list[tuple[int, int, datetime]]] = defaultdict(
         list
     )  # key -> earlier (id, source, published)
+    # the stories of the older items that replayed ones share an article with: kept, and joined
+    older = sorted({other for item_id, other in article_of.items() if item_id >= first > other})
     story_of: dict[int, int] = {}
+    for chunk in _chunks(older):
+        rows = s.execute(select(ItemRow.id, ItemRow.story_id).where(ItemRow.id.in_(chunk)))
+        story_of.update((item_id, story or item_id) for item_id, story in rows)
     sources_of: dict[int, set[int]] = defaultdict(set)
     sizes: Counter[int] = Counter()
     merges = []
@@ -701,11 +732,12 @@ def relink_stories(s: Session, params: StoryParams, now: datetime) -> int:
         sizes[story] += 1
         for k in keys[item_id]:
             seen[k].append((item_id, source_id, published))
-    for chunk in _chunks(story_of.items()):
+    replayed = [(i, story) for i, story in story_of.items() if i >= first]
+    for chunk in _chunks(replayed):
         s.execute(update(ItemRow), [{"id": i, "story_id": story} for i, story in chunk])
     if merges:
         s.execute(insert(_table(MergeRow)), merges)
-    return sum(1 for i, story in story_of.items() if i == story)
+    return sum(1 for i, story in replayed if i == story)
 
 
 # --- reading the decisions -------------------------------------------------------------------------

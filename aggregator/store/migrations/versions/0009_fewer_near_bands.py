@@ -29,6 +29,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Every item gets 20 bands of 6 rows again, those whose fingerprints a prune had dropped too (their
+    story keys stay dropped: the next prune of a worker of this revision drops the near keys again)."""
     _rekey(bands=20, rows=6)
 
 
