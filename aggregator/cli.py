@@ -612,7 +612,7 @@ def cmd_prune(args: argparse.Namespace, out: Console) -> int:
     with app.sessions.begin() as s:
         result = store.prune_items(s, at - timedelta(days=days), at, dry_run=args.dry_run)
     if not args.dry_run:  # as a worker does: the fingerprints of items out of the matching window go
-        store.prune_fingerprints(app.sessions, at - timedelta(days=app.ctx.stories.index_days))
+        store.prune_fingerprints(app.sessions, at, app.ctx.stories)
     verb, expire = ("would delete", "would expire") if args.dry_run else ("deleted", "expired")
     out.print(
         f"{verb} {result.items} items published and first seen more than {days} days ago; "

@@ -113,10 +113,13 @@ class Worker:
     def prune_fingerprints(self, now: datetime) -> None:
         """``store.prune_fingerprints``, each chunk in the write stage (polls write in between), until
         done or the worker stops."""
-        before = now - timedelta(days=self.ctx.stories.index_days)
         try:
             pruned = store.prune_fingerprints(
-                self.ctx.sessions, before, guard=self.ctx.stages.write, stop=self._stopping.is_set
+                self.ctx.sessions,
+                now,
+                self.ctx.stories,
+                guard=self.ctx.stages.write,
+                stop=self._stopping.is_set,
             )
         except Exception as e:
             log.warning(
@@ -124,7 +127,8 @@ class Worker:
             )
             return
         if pruned:
-            log.info("worker: dropped the fingerprints of %d items first seen before %s", pruned, before)
+            days = self.ctx.stories.index_days
+            log.info("worker: dropped the fingerprints of %d items first seen over %d days ago", pruned, days)
 
     def dispatch(self) -> list[str]:
         """Claim what is due and hand it to the pool: up to ``backlog`` sources (twice as many as

@@ -325,7 +325,7 @@ def _replay_after_a_prune(news: sessionmaker[Session]) -> None:
         s.execute(
             update(ItemRow).where(ItemRow.id < middle).values(first_seen=first_seen - timedelta(days=1))
         )
-    store.prune_fingerprints(news, first_seen)
+    store.prune_fingerprints(news, first_seen + timedelta(days=StoryParams().index_days), StoryParams())
     strict = replace(StoryParams(), story_threshold=1.1)  # no candidate passes: every story of one item
     with news.begin() as s:
         store.relink_stories(s, strict, datetime.now(UTC))

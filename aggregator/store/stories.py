@@ -211,7 +211,7 @@ def link_items(
     _index(
         c,
         changed + fresh,
-        _out_of_window(c, [i for i, _, _ in changed], now - timedelta(days=params.index_days)),
+        _out_of_window(c, [i for i, _, _ in changed], _window_start(params, now)),
     )
     if merges:
         c.execute(insert(_table(MergeRow)), merges)
@@ -248,6 +248,11 @@ def _insert_plain(c: Connection, table: Table, columns: Sequence[str], rows: lis
     mark = "?" if c.dialect.paramstyle == "qmark" else "%s"  # SQLite; psycopg (pyformat/format)
     names, marks = ", ".join(columns), ", ".join([mark] * len(columns))
     c.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", rows)
+
+
+def _window_start(params: StoryParams, now: datetime) -> datetime:
+    """The start of the fingerprint window: the items first seen before it keep no fingerprint rows."""
+    return now - timedelta(days=params.index_days)
 
 
 def _out_of_window(c: Connection, ids: list[int], oldest: datetime) -> set[int]:
@@ -645,12 +650,14 @@ class _Articles:
 
 def prune_fingerprints(
     sessions: sessionmaker[Session],
-    before: datetime,
+    now: datetime,
+    params: StoryParams,
     *,
     guard: AbstractContextManager[Any] | None = None,
     stop: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Delete the fingerprint rows of the items first seen before ``before``, PRUNE_CHUNK items per
+    """Delete the fingerprint rows of the items first seen before the window (``params.index_days``
+    before ``now``: ``before`` below), PRUNE_CHUNK items per
     transaction (each inside ``guard``: a worker's write stage, so that polls go on in between), until
     ``stop()``; returns how many items lost theirs. Each chunk starts at the lowest item id that still
     has rows (one index lookup) and walks the items up in id order to the first one seen since
@@ -659,7 +666,7 @@ def prune_fingerprints(
     more than ``index_days - article_window_days`` days before it was stored (``StoryParams.index_days``),
     so the index that the hot path reads and writes keeps a window of the store however large the store
     grows. The items and their decisions stay (articles, stories, merges, story terms)."""
-    pruned = 0
+    before, pruned = _window_start(params, now), 0
     while not stop():
         with guard or nullcontext(), sessions.begin() as s:
             c = s.connection()
